@@ -1,0 +1,15 @@
+"""nasplat: neural architecture search for small hardware."""
+from .arch import Arch
+from .constraints import Constraint
+from .registry import (list_spaces, list_strategies, list_tasks, register_space, register_strategy,
+                       register_task)
+from .space import Choice, FloatRange, IntRange, SearchSpace, Target
+from .strategy import Result, Strategy, Trial
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Arch", "Choice", "Constraint", "FloatRange", "IntRange", "Result", "SearchSpace", "Strategy",
+    "Target", "Trial", "list_spaces", "list_strategies", "list_tasks", "register_space",
+    "register_strategy", "register_task",
+]

@@ -1,0 +1,195 @@
+"""SearchSpace base and its parameter declarations (Choice, IntRange, FloatRange)."""
+from __future__ import annotations
+
+import math
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .arch import Arch
+
+if TYPE_CHECKING:  # torch is heavy; only the methods that build models need it
+    from torch import nn
+
+    from .constraints import Constraint
+
+
+class Param(ABC):
+    """One searched parameter: samples, mutates and checks its values."""
+
+    @abstractmethod
+    def sample(self, rng: random.Random) -> Any: ...
+
+    @abstractmethod
+    def mutate(self, value: Any, rng: random.Random) -> Any: ...
+
+    @abstractmethod
+    def contains(self, value: Any) -> bool: ...
+
+    @abstractmethod
+    def size(self) -> float:
+        """Number of distinct values (math.inf for continuous ranges)."""
+
+
+@dataclass(frozen=True)
+class Choice(Param):
+    values: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", tuple(self.values))
+        if not self.values:
+            raise ValueError("Choice needs at least one value")
+
+    def sample(self, rng: random.Random) -> Any:
+        return rng.choice(self.values)
+
+    def mutate(self, value: Any, rng: random.Random) -> Any:
+        others = [v for v in self.values if v != value]
+        return rng.choice(others) if others else value
+
+    def contains(self, value: Any) -> bool:
+        return value in self.values
+
+    def size(self) -> float:
+        return len(self.values)
+
+
+@dataclass(frozen=True)
+class IntRange(Param):
+    low: int
+    high: int
+    step: int = 1
+
+    def sample(self, rng: random.Random) -> int:
+        return rng.randrange(self.low, self.high + 1, self.step)
+
+    def mutate(self, value: int, rng: random.Random) -> int:
+        if self.low == self.high:
+            return value
+        delta = rng.choice((-1, 1)) * self.step * max(1, int(abs(rng.gauss(0, 1.5))))
+        clipped = min(self.high, max(self.low, value + delta))
+        return clipped if clipped != value else min(self.high, max(self.low, value - delta))
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, int) and self.low <= value <= self.high and (value - self.low) % self.step == 0
+
+    def size(self) -> float:
+        return (self.high - self.low) // self.step + 1
+
+
+@dataclass(frozen=True)
+class FloatRange(Param):
+    low: float
+    high: float
+    log: bool = False
+
+    def _to_unit(self, v: float) -> float:
+        if self.log:
+            return (math.log(v) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
+        return (v - self.low) / (self.high - self.low)
+
+    def _from_unit(self, u: float) -> float:
+        u = min(1.0, max(0.0, u))
+        if self.log:
+            return math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+        return self.low + u * (self.high - self.low)
+
+    def sample(self, rng: random.Random) -> float:
+        return self._from_unit(rng.random())
+
+    def mutate(self, value: float, rng: random.Random) -> float:
+        """A Gaussian step of a tenth of the range, reflected at the bounds."""
+        u = self._to_unit(value) + rng.gauss(0.0, 0.1)
+        u = -u if u < 0 else (2 - u if u > 1 else u)
+        return self._from_unit(u)
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+    def size(self) -> float:
+        return math.inf
+
+
+@dataclass(frozen=True)
+class Target:
+    """The configuration at which costs are measured and a deployed model runs."""
+
+    input_shape: tuple[int, ...]  # batch first, e.g. (1, 3, 106, 106)
+    num_classes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_shape": list(self.input_shape), "num_classes": self.num_classes}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Target:
+        return cls(tuple(int(x) for x in data["input_shape"]), int(data["num_classes"]))
+
+
+class SearchSpace(ABC):
+    """A family of architectures: declares its parameters and builds a standalone model for an Arch.
+
+    Subclasses register with `@register_space(name)`. Searched parameters come from `parameters()`;
+    `complete()` adds those a space derives instead of searching (TinyNet solves its width for the
+    budget). Capabilities a space lacks (a supernet, say) are simply absent.
+    """
+
+    name: ClassVar[str]
+    default_task: ClassVar[str] = "classification"
+
+    def __init__(self, **options: Any):
+        self.options = options
+
+    @abstractmethod
+    def parameters(self) -> dict[str, Param]: ...
+
+    @abstractmethod
+    def build(self, arch: Arch, *, num_classes: int | None = None) -> nn.Module:
+        """A fresh, untrained model; num_classes=None means the target's."""
+
+    @abstractmethod
+    def target(self, arch: Arch) -> Target: ...
+
+    def complete(self, params: Mapping[str, Any], *, constraints: Sequence[Constraint] = ()) -> Arch:
+        """The Arch for searched parameter values; spaces with derived parameters override this."""
+        return self.arch(params)
+
+    def arch(self, params: Mapping[str, Any]) -> Arch:
+        return Arch(self.name, params)
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        return {name: p.sample(rng) for name, p in self.parameters().items()}
+
+    def mutate(self, params: Mapping[str, Any], rng: random.Random) -> dict[str, Any]:
+        """Changes one searched parameter."""
+        name = rng.choice(sorted(self.parameters()))
+        return {**params, name: self.parameters()[name].mutate(params[name], rng)}
+
+    def searched(self, arch: Arch) -> dict[str, Any]:
+        """The searched parameters of an Arch (what a strategy proposes)."""
+        return {name: arch[name] for name in self.parameters()}
+
+    def validate(self, arch: Arch) -> None:
+        """Raises ValueError naming what is wrong with an Arch that this space cannot build."""
+        if arch.space != self.name:
+            raise ValueError(f"architecture is of space {arch.space!r}, not {self.name!r}")
+        for name, param in self.parameters().items():
+            if name not in arch:
+                raise ValueError(f"architecture lacks parameter {name!r}")
+            if not param.contains(arch[name]):
+                raise ValueError(f"parameter {name!r}={arch[name]!r} lies outside {param}")
+
+    def smallest(self) -> Arch:
+        """The cheapest architecture of the space (used to reject budgets no architecture meets)."""
+        raise NotImplementedError(f"space {self.name!r} does not name its smallest architecture")
+
+    def proxy_scale(self, arch: Arch) -> float:
+        """Input size on the proxy task as a fraction of the task's base resolution."""
+        return 1.0
+
+    def describe(self, arch: Arch) -> str:
+        return " ".join(f"{k}={v}" for k, v in arch.items())
+
+    def size(self) -> float:
+        return math.prod(p.size() for p in self.parameters().values())

@@ -1,0 +1,98 @@
+"""Trial, Result and the ask/tell Strategy base of multi-trial search."""
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .arch import Arch
+
+if TYPE_CHECKING:
+    from .constraints import Constraint
+    from .space import SearchSpace
+
+Status = Literal["ok", "infeasible", "failed"]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One evaluation the strategy asked for: a unique id within the run and the Arch to evaluate."""
+
+    id: int
+    arch: Arch
+
+
+@dataclass(frozen=True)
+class Result:
+    """What evaluating a trial gave. `infeasible`: broke a constraint, never trained; `failed`: raised or NaN."""
+
+    status: Status
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "metrics": dict(self.metrics)}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
+        return cls(data["status"], dict(data.get("metrics", {})), data.get("error"))
+
+
+class Strategy(ABC):
+    """Multi-trial search as ask/tell, small like Optuna's samplers.
+
+    The runner calls `ask()` for the next trial and `tell()` with its result; several trials may be in
+    flight at once. `state()` is a JSON-able snapshot and `restore()` takes it back, so that a killed run
+    resumes where it stopped. `initial` holds parameter sets to evaluate first (a prior, a warm start).
+    The objective, maximised, is `metric` of an `ok` result.
+    """
+
+    name: str
+    metric: str = "accuracy"
+
+    def __init__(self, space: SearchSpace, *, seed: int = 0, constraints: Sequence[Constraint] = (),
+                 initial: Sequence[Mapping[str, Any]] = (), workdir: Path | None = None):
+        self.space = space
+        self.workdir = workdir  # the run directory, for strategies that keep files (Optuna's study)
+        self.seed = seed
+        self.constraints = tuple(constraints)
+        self.initial = [dict(p) for p in initial]
+        self.rng = random.Random(seed)
+        self.next_id = 0
+
+    @abstractmethod
+    def ask(self) -> Trial: ...
+
+    @abstractmethod
+    def tell(self, trial: Trial, result: Result) -> None: ...
+
+    def _trial(self, params: Mapping[str, Any]) -> Trial:
+        """A new trial for searched parameter values, completed into an Arch by the space."""
+        trial = Trial(self.next_id, self.space.complete(params, constraints=self.constraints))
+        self.next_id += 1
+        return trial
+
+    def score(self, result: Result) -> float | None:
+        """The maximised objective, None for infeasible or failed trials."""
+        return float(result.metrics[self.metric]) if result.ok else None
+
+    def state(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng.getstate()
+        return {"next_id": self.next_id, "initial": self.initial,
+                "rng": [version, list(internal), gauss]}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.next_id = int(state["next_id"])
+        self.initial = [dict(p) for p in state["initial"]]
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))

@@ -1,0 +1,1 @@
+"""Search spaces: one module per family; each registers itself with @register_space."""

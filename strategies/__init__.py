@@ -1,0 +1,1 @@
+"""Search strategies: one module per family; each registers itself with @register_strategy."""
