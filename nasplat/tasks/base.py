@@ -20,6 +20,7 @@ class Task(ABC):
     name: ClassVar[str]
     num_classes: int
     base_resolution: int  # proxy input side at proxy_scale 1.0
+    default_epochs: ClassVar[int] = 3
 
     @abstractmethod
     def train_eval(self, model: nn.Module, *, input_size: int, epochs: int, seed: int,

@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make search` (the default TinyNet search) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# PyTorch's CPU build first, pinned, so that no dependency pulls a CUDA build of several GB
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ''
+
+search: install
+	$(VENV)/bin/nasplat search tinynet --flops 24M
+
+bench-tinynet: install
+	$(PY) bench/tinynet_reproduction.py
+
+bench-proxy: install
+	$(PY) bench/proxy.py
+
+bench-formula: install
+	$(PY) bench/formula.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,95 @@
+"""The CLI's verbs as functions: nasplat.search(...), nasplat.resume(...), nasplat.load(...), ..."""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .constraints import Constraint, METRICS
+from .cost import measure
+from .registry import SPACES, STRATEGIES
+from .run import RunDir, SearchConfig
+from .runner.components import build_components, build_task
+from .runner.local import SearchOutcome, run_search
+from .space import SearchSpace
+from .units import format_count
+
+
+def _check_budgets(space: SearchSpace, constraints: Sequence[Constraint]) -> None:
+    """A budget that not even the smallest architecture meets is an input error, not an empty search."""
+    if not constraints:
+        return
+    smallest = space.smallest()
+    costs = measure(space, smallest)
+    for c in constraints:
+        if not c.holds(costs):
+            flag = "--flops" if c.metric == "macs" else f"--{c.metric}"
+            raise ValueError(f"{flag} {format_count(c.limit)} is below the smallest {space.name} architecture "
+                             f"({space.describe(smallest).split(' | ')[0]}: {METRICS[c.metric]} "
+                             f"{format_count(costs[c.metric])}); give at least {format_count(costs[c.metric])}")
+
+
+def start(config: SearchConfig, *, console: Console | None = None) -> SearchOutcome:
+    """Validates the configuration (before anything is written), creates runs/<id>/ and searches."""
+    STRATEGIES.get(config.strategy)
+    space = SPACES.create(config.space, **config.space_options)
+    task = build_task(config, space)
+    _check_budgets(space, config.constraints)
+    run = RunDir.create(config)
+    components = build_components(config, run, space=space, task=task)
+    return run_search(run, console=console, components=components)
+
+
+def search(space: str, *, strategy: str = "bayesian", flops: str | float | None = None,
+           params: str | float | None = None, trials: int = 8, epochs: int | None = None,
+           timeout: float | None = None, seed: int = 0, out: str | Path = "runs", data: str | None = None,
+           initial: Sequence[dict[str, Any]] = (), strategy_options: dict[str, Any] | None = None,
+           space_options: dict[str, Any] | None = None, console: Console | None = None) -> SearchOutcome:
+    """Runs a search and returns its outcome; `nasplat search` with the same arguments does the same."""
+    constraints = [Constraint.parse(m, v) for m, v in (("macs", flops), ("params", params)) if v is not None]
+    config = SearchConfig(space=space, strategy=strategy, constraints=constraints, trials=trials, epochs=epochs,
+                          timeout=timeout, seed=seed, out=str(out), initial=list(initial),
+                          space_options=dict(space_options or {}), strategy_options=dict(strategy_options or {}),
+                          task_options={"data": data} if data else {})
+    return start(config, console=console)
+
+
+def resume(run_dir: str | Path, *, console: Console | None = None) -> SearchOutcome:
+    """Continues a killed or interrupted run: finished trials are kept, in-flight ones rerun with the same Arch."""
+    return run_search(RunDir.open(run_dir), resume=True, console=console)
+
+
+@dataclass(frozen=True)
+class DryRun:
+    space_size: float
+    parameters: dict[str, str]
+    macs_range: tuple[float, float]
+    params_range: tuple[float, float]
+    feasible_share: float
+    smallest: dict[str, float]
+    seconds_per_trial: float | None  # None when the task cannot estimate its training time
+
+
+def dry_run(config: SearchConfig, *, samples: int = 16) -> DryRun:
+    """What a search would face, without training: space size, cost range of random samples, feasibility."""
+    space = SPACES.create(config.space, **config.space_options)
+    _check_budgets(space, config.constraints)
+    rng = random.Random(config.seed)
+    costs = [measure(space, space.complete(space.sample(rng), constraints=config.constraints))
+             for _ in range(samples)]
+    feasible = sum(all(c.holds(x) for c in config.constraints) for x in costs)
+    task = build_task(config, space)
+    seconds = None
+    if hasattr(task, "estimate_seconds"):
+        arch = space.complete(space.sample(rng), constraints=config.constraints)
+        epochs = config.epochs or task.default_epochs
+        seconds = task.estimate_seconds(space.build(arch, num_classes=task.num_classes),
+                                        input_size=task.input_size(space.proxy_scale(arch)), epochs=epochs)
+    return DryRun(space.size(), {k: repr(p) for k, p in space.parameters().items()},
+                  (min(x["macs"] for x in costs), max(x["macs"] for x in costs)),
+                  (min(x["params"] for x in costs), max(x["params"] for x in costs)),
+                  feasible / samples, measure(space, space.smallest()), seconds)

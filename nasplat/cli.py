@@ -1,0 +1,242 @@
+"""The `nasplat` command: search, export, retrain, formula, show, list.
+
+Bad input gets one line on stderr and exit code 2; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from .constraints import Constraint
+from .run import RunDir, RunError, SearchConfig
+from .units import format_count, format_time, parse_time
+
+console = Console(stderr=True, highlight=False)
+
+
+class UsageError(ValueError):
+    """Bad input found by the CLI itself."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        console.print(f"nasplat: error: {message} (see `{self.prog} --help`)", markup=False)
+        raise SystemExit(2)
+
+
+# flags whose values may start with '-' (a negative budget is bad input to report, not an unknown option)
+_VALUE_FLAGS = ("--flops", "--params", "--timeout", "--seed")
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in _VALUE_FLAGS and token.startswith("-") and token[1:2].isdigit():
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _config_from_args(args: argparse.Namespace) -> SearchConfig:
+    if args.config:
+        path = Path(args.config)
+        try:
+            config = SearchConfig.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise UsageError(f"--config {path}: no such file (give a run's config.json)") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--config {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        config.out = args.out or config.out
+        return config
+    if not args.space:
+        raise UsageError("name a search space (nasplat search SPACE ...), or give --config or --resume; "
+                         "`nasplat list` shows the spaces")
+    constraints = [Constraint.parse(m, v) for m, v in (("macs", args.flops), ("params", args.params)) if v]
+    strategy_options = {"sampler": args.sampler} if args.sampler else {}
+    initial = []
+    if args.prior:
+        from .formula import Formula
+
+        initial = Formula.load(args.prior).initial_points(args.space, constraints)
+    return SearchConfig(space=args.space, strategy=args.strategy, constraints=constraints, trials=args.trials,
+                        epochs=args.epochs, timeout=parse_time(args.timeout, what="--timeout") if args.timeout
+                        else None, seed=args.seed, out=args.out or "runs", initial=initial,
+                        strategy_options=strategy_options, task_options={"data": args.data} if args.data else {})
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from . import api
+
+    if args.resume:
+        outcome = api.resume(args.resume, console=console)
+    else:
+        config = _config_from_args(args)
+        if args.dry_run:
+            return _print_dry_run(config)
+        outcome = api.start(config, console=console)
+    from .report import summary_text
+
+    print(summary_text(outcome.run.path))
+    return 130 if outcome.reason == "interrupted" else 0
+
+
+def _print_dry_run(config: SearchConfig) -> int:
+    from . import api
+
+    dry = api.dry_run(config)
+    size = "continuous" if dry.space_size == float("inf") else f"{dry.space_size:.4g} architectures"
+    print(f"space {config.space}: {size}; searched: " + ", ".join(f"{k} {v}" for k, v in dry.parameters.items()))
+    print("constraints: " + (", ".join(str(c) for c in config.constraints) or "none"))
+    print(f"smallest architecture: MACs {format_count(dry.smallest['macs'])}, "
+          f"params {format_count(dry.smallest['params'])}")
+    print(f"random samples: MACs {format_count(dry.macs_range[0])}-{format_count(dry.macs_range[1])}, "
+          f"params {format_count(dry.params_range[0])}-{format_count(dry.params_range[1])}, "
+          f"{dry.feasible_share:.0%} feasible")
+    if dry.seconds_per_trial is not None:
+        print(f"estimated time: {config.trials} trials x ~{format_time(dry.seconds_per_trial)} = "
+              f"~{format_time(config.trials * dry.seconds_per_trial)}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .report import summary_text, write_report
+
+    run = RunDir.open(args.run)
+    if args.refresh or not (run.report / "summary.md").exists():
+        write_report(run.path)
+    print(summary_text(run.path))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import SPACES, STRATEGIES, TASKS
+
+    for title, registry in (("spaces", SPACES), ("strategies", STRATEGIES), ("tasks", TASKS)):
+        print(f"{title}:")
+        for name in registry.names(args.pattern):
+            doc = (registry.get(name).__doc__ or "").strip().splitlines()
+            print(f"  {name:<16} {doc[0] if doc else ''}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    paths = export_run(args.run, out=Path(args.out), formats=formats, target=args.target)
+    for kind, path in paths.items():
+        print(f"{kind:<12} {path}")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from .retrain import retrain
+
+    result = retrain(args.run, epochs=args.epochs, data=args.data, seed=args.seed, console=console)
+    print(f"retrained {args.run} for {args.epochs} epochs: accuracy {result['accuracy']:.2f}% "
+          f"(bundle in {result['bundle']})")
+    return 0
+
+
+def cmd_formula(args: argparse.Namespace) -> int:
+    from .formula import fit_formula
+
+    budgets = [b.strip() for b in args.flops.split(",") if b.strip()]
+    path = fit_formula(args.space, budgets=budgets, trials=args.trials, epochs=args.epochs, seed=args.seed,
+                       out=Path(args.out), strategy=args.strategy, data=args.data, console=console)
+    print(f"formula written to {path}; use it with: nasplat search {args.space} --flops 24M --prior {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nasplat", description="Neural architecture search for small hardware.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search a space for the best architecture under constraints")
+    s.add_argument("space", nargs="?", help="search space (see `nasplat list`)")
+    s.add_argument("--strategy", default="bayesian", help="search strategy (default: bayesian)")
+    s.add_argument("--sampler", help="bayesian only: tpe | gp | cmaes | nsga2 | random (default tpe)")
+    s.add_argument("--flops", help="MAC budget, e.g. 24M (the papers' FLOPs; fvcore conv/linear/matmul MACs)")
+    s.add_argument("--params", help="parameter budget, e.g. 3M")
+    s.add_argument("--trials", type=_positive_int, default=8, help="trained trials (default 8)")
+    s.add_argument("--epochs", type=_positive_int, help="epochs per trial (default: the task's)")
+    s.add_argument("--timeout", help="no new trial after this long, e.g. 10min")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data", help="data source: synthetic (default), cifar10:PATH, folder:PATH")
+    s.add_argument("--out", help="where run folders go (default runs/)")
+    s.add_argument("--config", help="rerun from a run's config.json")
+    s.add_argument("--resume", help="continue a killed or interrupted run folder")
+    s.add_argument("--prior", help="a formula.json from `nasplat formula`: its prediction is evaluated first")
+    s.add_argument("--dry-run", action="store_true", help="space size, cost range, time estimate; no training")
+    s.set_defaults(func=cmd_search)
+
+    e = sub.add_parser("export", help="write a run's best architecture as JSON, weights, TorchScript, ONNX")
+    e.add_argument("run")
+    e.add_argument("--format", default="json,weights,torchscript,onnx")
+    e.add_argument("--target", action="store_true", help="the untrained model at the target configuration")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("retrain", help="train a run's best architecture from scratch")
+    r.add_argument("run")
+    r.add_argument("--epochs", type=_positive_int, required=True)
+    r.add_argument("--data", help="data source (default: the run's)")
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=cmd_retrain)
+
+    f = sub.add_parser("formula", help="TinyNet's tiny formula: search several budgets, fit r and d by GPR")
+    f.add_argument("space")
+    f.add_argument("--flops", required=True, help="comma-separated budgets, e.g. 12M,24M,50M,100M")
+    f.add_argument("--trials", type=_positive_int, default=8)
+    f.add_argument("--epochs", type=_positive_int)
+    f.add_argument("--strategy", default="random")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--data")
+    f.add_argument("--out", default="runs/formula")
+    f.set_defaults(func=cmd_formula)
+
+    sh = sub.add_parser("show", help="print a run's summary")
+    sh.add_argument("run")
+    sh.add_argument("--refresh", action="store_true", help="rewrite the report from the journal first")
+    sh.set_defaults(func=cmd_show)
+
+    ls = sub.add_parser("list", help="list the registered spaces, strategies and tasks")
+    ls.add_argument("pattern", nargs="?", default="*")
+    ls.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+    try:
+        return args.func(args)
+    except (UsageError, RunError, ValueError, LookupError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
+        console.print(f"nasplat: error: {message}", markup=False, highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

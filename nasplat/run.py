@@ -1,0 +1,164 @@
+"""The run directory: resolved config, append-only journal, strategy snapshot, best bundle, report.
+
+runs/<id>/config.json       the resolved SearchConfig (rerun it with --config)
+runs/<id>/journal.jsonl     one JSON line per event, flushed and fsynced as written: the authoritative record
+runs/<id>/state.json        the strategy's snapshot and the trials in flight, replaced atomically
+runs/<id>/best/             bundle of the best feasible trial (export.py)
+runs/<id>/report/           plots and summary.md (report.py)
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .arch import Arch
+from .constraints import Constraint
+from .strategy import Result, Trial
+
+
+class RunError(ValueError):
+    """A folder that is no run, or a run that cannot do what was asked (one line, for the CLI)."""
+
+
+@dataclass
+class SearchConfig:
+    """Everything needed to run (or rerun) a search; config.json holds exactly this."""
+
+    space: str
+    strategy: str = "bayesian"
+    task: str | None = None  # None: the space's default task
+    constraints: list[Constraint] = field(default_factory=list)
+    trials: int = 8
+    epochs: int | None = None  # None: the task's default
+    timeout: float | None = None  # seconds; no new trial starts after it
+    seed: int = 0
+    out: str = "runs"
+    initial: list[dict[str, Any]] = field(default_factory=list)  # parameter sets evaluated first (--prior)
+    space_options: dict[str, Any] = field(default_factory=dict)
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["constraints"] = [c.to_dict() for c in self.constraints]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = dict(data)
+        values["constraints"] = [Constraint.from_dict(c) for c in values.get("constraints", [])]
+        return cls(**values)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """The journal's events. A torn last line (a kill -9 mid-write) is skipped; a torn middle line is an error."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    events = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise RunError(f"{path}: line {number} is corrupt ({exc.msg}); the journal cannot be read") from None
+    return events
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.journal_path = self.path / "journal.jsonl"
+        self.best = self.path / "best"
+        self.report = self.path / "report"
+
+    @classmethod
+    def create(cls, config: SearchConfig) -> RunDir:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(config.out) / f"{config.space}-{config.strategy}-{stamp}-{secrets.token_hex(2)}"
+        path.mkdir(parents=True, exist_ok=False)
+        run = cls(path)
+        _write_atomic(path / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        run.journal_path.touch()
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        run = cls(Path(path))
+        if not run.path.is_dir():
+            raise RunError(f"{path}: no such folder; give a run folder such as runs/<id>")
+        for name in ("config.json", "journal.jsonl"):
+            if not (run.path / name).is_file():
+                raise RunError(f"{path} is not a nasplat run: it has no {name} (a run folder holds config.json "
+                               f"and journal.jsonl)")
+        return run
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def config(self) -> SearchConfig:
+        try:
+            return SearchConfig.from_dict(json.loads((self.path / "config.json").read_text()))
+        except (json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
+            raise RunError(f"{self.path / 'config.json'} is not a valid run configuration: {exc}") from None
+
+    # -- journal ---------------------------------------------------------------------------------------
+    def append(self, event: Mapping[str, Any]) -> None:
+        """Appends one event and makes it durable before returning (a kill -9 never loses a told result)."""
+        line = json.dumps({**event, "time": round(time.time(), 3)}, separators=(",", ":"))
+        with open(self.journal_path, "a") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def events(self) -> list[dict[str, Any]]:
+        return read_journal(self.journal_path)
+
+    def asked(self, trial: Trial) -> None:
+        self.append({"event": "ask", "trial": trial.id, "arch": trial.arch.to_dict()})
+
+    def told(self, trial: Trial, result: Result) -> None:
+        self.append({"event": "result", "trial": trial.id, "arch": trial.arch.to_dict(), **result.to_dict()})
+
+    def results(self) -> dict[int, tuple[Trial, Result]]:
+        """The finished trials, by id."""
+        out = {}
+        for event in self.events():
+            if event.get("event") == "result":
+                trial = Trial(int(event["trial"]), Arch.from_dict(event["arch"]))
+                out[trial.id] = (trial, Result.from_dict(event))
+        return out
+
+    # -- strategy snapshot -----------------------------------------------------------------------------
+    def save_state(self, strategy_state: Mapping[str, Any], pending: Sequence[Trial]) -> None:
+        data = {"strategy": strategy_state, "pending": [{"id": t.id, "arch": t.arch.to_dict()} for t in pending]}
+        _write_atomic(self.path / "state.json", json.dumps(data))
+
+    def load_state(self) -> tuple[dict[str, Any], list[Trial]] | None:
+        path = self.path / "state.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        return data["strategy"], [Trial(int(p["id"]), Arch.from_dict(p["arch"])) for p in data["pending"]]

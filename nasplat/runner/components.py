@@ -1,0 +1,57 @@
+"""What every runner builds from a SearchConfig: the space, the task, the strategy; and the best bundle."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..registry import SPACES, STRATEGIES, TASKS
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from torch import nn
+
+    from ..run import RunDir, SearchConfig
+    from ..space import SearchSpace
+    from ..strategy import Result, Strategy, Trial
+    from ..tasks.base import Task
+
+
+@dataclass
+class Components:
+    space: SearchSpace
+    task: Task
+    strategy: Strategy
+    epochs: int
+
+
+def build_task(config: SearchConfig, space: SearchSpace) -> Task:
+    return TASKS.create(config.task or space.default_task, **config.task_options)
+
+
+def build_components(config: SearchConfig, run: RunDir | None, *, space: SearchSpace | None = None,
+                     task: Task | None = None) -> Components:
+    """`space` and `task` may come prebuilt (the API builds them first to reject bad input early)."""
+    space = space or SPACES.create(config.space, **config.space_options)
+    task = task or build_task(config, space)
+    strategy = STRATEGIES.create(config.strategy, space, seed=config.seed, constraints=config.constraints,
+                                 initial=config.initial, workdir=run.path if run else None,
+                                 **config.strategy_options)
+    epochs = config.epochs if config.epochs is not None else task.default_epochs
+    return Components(space, task, strategy, epochs)
+
+
+def export_best(run: RunDir, comp: Components, trial: Trial, result: Result, model: nn.Module | None, *,
+                console: Console) -> None:
+    """Replaces best/ with the new best trial's trained model; a failed export is reported, not fatal."""
+    from ..export import export_bundle
+
+    size = int(result.metrics["input_size"])
+    metrics: dict[str, Any] = {k: v for k, v in result.metrics.items() if k not in ("macs", "params")}
+    try:
+        export_bundle(model, trial.arch, comp.space, out=run.best,
+                      costs={"macs": result.metrics["macs"], "params": result.metrics["params"]},
+                      input_shape=(1, 3, size, size), num_classes=comp.task.num_classes,
+                      metrics={**metrics, "trial": trial.id})
+    except Exception as exc:  # the search result is in the journal either way
+        run.append({"event": "export_failed", "trial": trial.id, "error": f"{type(exc).__name__}: {exc}"})
+        console.print(f"[red]could not export trial {trial.id} to {run.best}: {exc}[/]")
