@@ -35,8 +35,8 @@ def _check_budgets(space: SearchSpace, constraints: Sequence[Constraint]) -> Non
 
 def start(config: SearchConfig, *, console: Console | None = None) -> SearchOutcome:
     """Validates the configuration (before anything is written), creates runs/<id>/ and searches."""
-    STRATEGIES.get(config.strategy)
     space = SPACES.create(config.space, **config.space_options)
+    STRATEGIES.get(config.strategy)
     task = build_task(config, space)
     _check_budgets(space, config.constraints)
     run = RunDir.create(config)

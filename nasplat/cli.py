@@ -23,11 +23,16 @@ class UsageError(ValueError):
     """Bad input found by the CLI itself."""
 
 
+def _error(message: str) -> None:
+    """One line on stderr, never wrapped: scripts grep it."""
+    sys.stderr.write(f"nasplat: error: {' '.join(message.split())}\n")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 2 (no usage dump)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        console.print(f"nasplat: error: {message} (see `{self.prog} --help`)", markup=False)
+        _error(f"{message} (see `{self.prog} --help`)")
         raise SystemExit(2)
 
 
@@ -234,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
-        console.print(f"nasplat: error: {message}", markup=False, highlight=False)
+        _error(message)
         return 2
 
 

@@ -7,6 +7,7 @@ package adds a space exactly the way nasplat adds its own, and the core never im
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
@@ -39,7 +40,10 @@ class Registry(Generic[T]):
             return
         self._discovered = True
         for ep in entry_points(group=self.group):
-            ep.load()  # importing the module runs its @register_* decorators
+            try:
+                ep.load()  # importing the module runs its @register_* decorators
+            except Exception as exc:  # one broken plug-in must not hide the others
+                warnings.warn(f"{self.kind} plug-in {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
 
     def get(self, name: str) -> type[T]:
         self._discover()

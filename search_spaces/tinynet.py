@@ -362,8 +362,10 @@ def inverse_compound_baseline(budget_macs: float, *, phi_range: tuple[float, flo
     This is the "inversed giant formula" rule as nasplat states it (EfficientNet convention: ceil depth,
     scaled stem and head). The paper's exact construction of its B^-k baselines is unconfirmed: with
     these roundings phi = -4 gives about 40M MACs, not the paper's 24M, so phi is solved for the budget
-    instead. MACs grow with phi in steps (a block or 8 channels at a time), so the result usually lands
-    in [0.9, 1.0] x budget, but nothing guarantees it does: check `macs`.
+    instead. MACs grow with phi in steps (a block, 8 channels or one pixel of input at a time), so the
+    result need not reach 0.9 x budget: at 24M, phi = -5.989 (96px) gives 21.5M, and phi = -5.988 (97px)
+    already 28.2M, because an odd input side rounds every stride-2 feature map up (49, 25, 13, 7, 4
+    instead of 48, 24, 12, 6, 3). Check `macs`.
     """
     lo, hi = (round(p * 1000) for p in phi_range)
     low = compound_scaled(lo / 1000)

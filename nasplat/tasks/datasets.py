@@ -185,3 +185,185 @@ def _save_atomically(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         tmp.replace(path)
     except OSError:
         pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sources: "synthetic", "cifar10:PATH", "folder:PATH"
+# ---------------------------------------------------------------------------------------------------------
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_EXPECTED = "expected the CIFAR-10 python batches folder 'cifar-10-batches-py'"
+FOLDER_EXPECTED = "expected PATH/train/<class>/*.png|jpg and PATH/val/<class>/..., or PATH/<class>/*.png|jpg"
+VAL_FRACTION = 0.2  # of a single image-folder tree, chosen by a hash of each file's path
+
+
+class Source:
+    """A named data source: its class names and default side are known before any pixel is read."""
+
+    classes: tuple[str, ...]
+    resolution: int
+
+    def load(self) -> ImageData:
+        raise NotImplementedError
+
+
+class SyntheticSource(Source):
+    def __init__(self, spec: SyntheticSpec):
+        self.spec = spec
+        self.classes = tuple(TEXTURES)
+        self.resolution = spec.resolution
+
+    def load(self) -> ImageData:
+        return generate(self.spec)
+
+
+class Cifar10Source(Source):
+    def __init__(self, text: str, path: Path):
+        self.text = text
+        self.root = _cifar_root(text, path)
+        self.train_files = sorted(self.root.glob("data_batch_[1-5]"))
+        self.resolution = 32
+        meta = self.root / "batches.meta"
+        names = _unpickle(text, meta).get(b"label_names") if meta.exists() else None
+        self.classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names) if names \
+            else CIFAR10_CLASSES
+
+    def load(self) -> ImageData:
+        train_x, train_y = zip(*(self._batch(f) for f in self.train_files))
+        val_x, val_y = self._batch(self.root / "test_batch")
+        return ImageData(torch.cat(train_x), torch.cat(train_y), val_x, val_y, self.classes)
+
+    def _batch(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = _unpickle(self.text, path)
+        data, labels = batch.get(b"data"), batch.get(b"labels")
+        shape = getattr(data, "shape", None)
+        if shape is None or len(shape) != 2 or shape[1] != 3072 or labels is None or len(labels) != shape[0]:
+            found = f"keys {sorted(k.decode() if isinstance(k, bytes) else str(k) for k in batch)}" + (
+                f", data of shape {tuple(shape)}" if shape is not None else "")
+            raise ValueError(f"{self.text}: {path} is not a CIFAR-10 python batch (expected a dict with b'data' "
+                             f"N x 3072 uint8 and N b'labels'; found {found})")
+        x = torch.as_tensor(data).to(torch.uint8).view(-1, 3, 32, 32)
+        y = torch.as_tensor(list(labels), dtype=torch.int64)
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
+            raise ValueError(f"{self.text}: {path} has labels outside 0..{len(self.classes) - 1} "
+                             f"(found {int(y.min())}..{int(y.max())})")
+        return x, y
+
+
+class FolderSource(Source):
+    def __init__(self, text: str, path: Path, resolution: int):
+        self.text = text
+        self.resolution = resolution
+        if not path.is_dir():
+            raise ValueError(f"{text}: {path} {_what_is(path)} ({FOLDER_EXPECTED})")
+        if (path / "train").is_dir() and (path / "val").is_dir():
+            train = _class_files(text, path / "train")
+            val = _class_files(text, path / "val")
+            unknown = sorted(set(val) - set(train))
+            if unknown:
+                raise ValueError(f"{text}: {path / 'val'} has classes missing from {path / 'train'}: "
+                                 f"{', '.join(unknown)} ({FOLDER_EXPECTED})")
+            self.classes = tuple(sorted(train))
+            self.train = [(f, self.classes.index(c)) for c, files in sorted(train.items()) for f in files]
+            self.val = [(f, self.classes.index(c)) for c, files in sorted(val.items()) for f in files]
+        else:
+            tree = _class_files(text, path)
+            self.classes = tuple(sorted(tree))
+            pairs = [(f, self.classes.index(c)) for c, files in sorted(tree.items()) for f in files]
+            in_val = [_hash_fraction(f.relative_to(path).as_posix()) < VAL_FRACTION for f, _ in pairs]
+            self.train = [p for p, v in zip(pairs, in_val) if not v]
+            self.val = [p for p, v in zip(pairs, in_val) if v]
+
+    def load(self) -> ImageData:
+        train_x, train_y = self._read(self.train)
+        val_x, val_y = self._read(self.val)
+        return ImageData(train_x, train_y, val_x, val_y, self.classes)
+
+    def _read(self, pairs: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image, UnidentifiedImageError
+
+        side = self.resolution
+        x = torch.empty(len(pairs), 3, side, side, dtype=torch.uint8)
+        for i, (path, _) in enumerate(pairs):
+            try:
+                with Image.open(path) as image:
+                    rgb = _square(image.convert("RGB"), side)
+            except (OSError, UnidentifiedImageError) as error:
+                raise ValueError(f"{self.text}: cannot read image {path} ({error})") from None
+            x[i] = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(side, side, 3).permute(2, 0, 1)
+        return x, torch.tensor([label for _, label in pairs], dtype=torch.int64)
+
+
+def open_source(data: str, *, resolution: int | None = None) -> Source:
+    """Parses a data name and checks its location; `resolution` is the side folder images are stored at
+    (generated and CIFAR images keep their native side)."""
+    kind, _, location = data.partition(":")
+    if kind == "synthetic" and not location:
+        return SyntheticSource(SyntheticSpec())
+    if kind in ("cifar10", "folder") and location:
+        path = Path(location).expanduser()
+        if kind == "cifar10":
+            return Cifar10Source(data, path)
+        return FolderSource(data, path, resolution or 64)
+    raise ValueError(f"unknown data source {data!r}; expected 'synthetic', 'cifar10:PATH' or 'folder:PATH'")
+
+
+def _what_is(path: Path) -> str:
+    if not path.exists():
+        return "does not exist"
+    return "is a file, not a folder" if not path.is_dir() else "is a folder"
+
+
+def _listing(path: Path, limit: int = 6) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    if not names:
+        return "it is empty"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return "found " + ", ".join(names[:limit]) + more
+
+
+def _cifar_root(text: str, path: Path) -> Path:
+    if not path.is_dir():
+        raise ValueError(f"{text}: {path} {_what_is(path)} ({CIFAR10_EXPECTED})")
+    for root in (path, path / "cifar-10-batches-py"):
+        if (root / "data_batch_1").is_file():
+            if not (root / "test_batch").is_file():
+                raise ValueError(f"{text}: no test_batch in {root} ({CIFAR10_EXPECTED}; {_listing(root)})")
+            return root
+    raise ValueError(f"{text}: no data_batch_1 in {path} ({CIFAR10_EXPECTED}; {_listing(path)})")
+
+
+def _unpickle(text: str, path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"{text}: cannot unpickle {path} ({CIFAR10_EXPECTED}; {type(error).__name__}: "
+                         f"{error})") from None
+    if not isinstance(batch, dict):
+        raise ValueError(f"{text}: {path} holds a {type(batch).__name__}, not a dict ({CIFAR10_EXPECTED})")
+    return batch
+
+
+def _class_files(text: str, root: Path) -> dict[str, list[Path]]:
+    tree = {d.name: sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            for d in sorted(root.iterdir()) if d.is_dir()}
+    tree = {name: files for name, files in tree.items() if files}
+    if not tree:
+        raise ValueError(f"{text}: no class folders with images in {root} ({FOLDER_EXPECTED}; {_listing(root)})")
+    return tree
+
+
+def _hash_fraction(name: str) -> float:
+    """A stable pseudo-random number in [0, 1) for a file name: the split survives added files."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) / 16**8
+
+
+def _square(image, side: int):
+    """Scales the shorter side to `side` (PIL's filters antialias) and crops the centre square."""
+    w, h = image.size
+    s = side / min(w, h)
+    image = image.resize((max(side, round(w * s)), max(side, round(h * s))), resample=2)  # 2: bilinear
+    w, h = image.size
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))

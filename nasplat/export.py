@@ -1,0 +1,317 @@
+"""The deployable bundle of an architecture: arch.json, safetensors weights, TorchScript and ONNX.
+
+A bundle folder holds `arch.json` (the Arch, its costs, the target configuration, what the saved weights
+take, and the checks the exports passed) next to the files it lists. Every file is written under a
+temporary name, verified, then renamed into place, and arch.json comes last: a folder whose arch.json
+exists is a complete bundle, and an interrupted export leaves none (a stale arch.json is removed before
+the new files land, and each listed file carries its SHA-256 besides).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .arch import Arch
+from .registry import SPACES
+from .space import Target
+
+if TYPE_CHECKING:
+    from .space import SearchSpace
+
+ARCH_FILE = "arch.json"
+FILES = {"weights": "weights.safetensors", "torchscript": "model.pt", "onnx": "model.onnx"}
+FORMATS = ("json", *FILES)
+TOLERANCE = 1e-4  # max abs difference allowed between an export's outputs and PyTorch's
+ONNX_OPSET = 18
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, incomplete, corrupted or does not fit its architecture."""
+
+
+def export_bundle(model: nn.Module, arch: Arch, space: SearchSpace, *, out: Path,
+                  costs: Mapping[str, float], input_shape: Sequence[int], num_classes: int,
+                  metrics: Mapping[str, float] | None = None,
+                  formats: Sequence[str] = FORMATS, trained: bool = True) -> dict[str, Path]:
+    """Writes the bundle of `model` (built by `space` for `arch`) into `out`; returns format -> path.
+
+    `input_shape` and `num_classes` are the configuration the model takes: the proxy task's for a
+    trained model, the target's for an untrained target export (`trained=False`). arch.json is always
+    written (it is what makes the folder a bundle), so "json" may be named in `formats` or left out.
+    The TorchScript and ONNX files are checked against PyTorch on a random batch of two; an export that
+    differs by more than 1e-4 raises BundleError and leaves no arch.json behind.
+    """
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown export format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(model).cpu().eval()  # exports trace in eval mode; the caller's model is left as is
+    shape = tuple(int(n) for n in input_shape)
+    wanted = [f for f in FILES if f in formats]
+    temps = {f: out / f".{FILES[f]}.tmp-{os.getpid()}" for f in wanted}
+    try:
+        with _quiet_torch():
+            if "weights" in temps:
+                _write_weights(model, arch, temps["weights"])
+            if "torchscript" in temps:
+                _write_torchscript(model, temps["torchscript"], shape)
+            how = _write_onnx(model, temps["onnx"], shape) if "onnx" in temps else {}
+            verified = {**_verify(model, temps, shape, final={f: out / FILES[f] for f in wanted}), **how}
+        files = {FILES[f]: {"format": f, "sha256": _sha256(temps[f]), "bytes": temps[f].stat().st_size}
+                 for f in wanted}
+        manifest = {
+            "arch": arch.to_dict(),
+            "describe": space.describe(arch),
+            "space_options": dict(space.options),
+            "costs": {k: float(v) for k, v in costs.items()},
+            "target": space.target(arch).to_dict(),
+            "weights": {"input_shape": list(shape), "num_classes": int(num_classes), "trained": trained},
+            "metrics": dict(metrics or {}),
+            "files": files,
+            "verified": verified,
+            "nasplat_version": _version(),
+            "torch_version": torch.__version__,
+        }
+        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        temps["json"] = out / f".{ARCH_FILE}.tmp-{os.getpid()}"
+        temps["json"].write_text(text, encoding="utf-8")
+        (out / ARCH_FILE).unlink(missing_ok=True)  # from here until the rename below, no bundle is claimed
+        for f in wanted:
+            _commit(temps[f], out / FILES[f])
+        _commit(temps["json"], out / ARCH_FILE)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+    return {"json": out / ARCH_FILE, **{f: out / FILES[f] for f in wanted}}
+
+
+def read_bundle(path: str | Path) -> dict[str, Any]:
+    """The parsed, validated arch.json of a bundle folder, its arch.json, or a run folder (its best/)."""
+    file = _locate(Path(path))
+    hint = _hint(file.parent)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{file} does not exist: {file.parent} is no complete bundle; {hint}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{file} is not valid JSON ({_reason(e)}); {hint}") from None
+    try:
+        _validate(data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{file} is not a nasplat bundle manifest ({_reason(e)}); {hint}") from None
+    return data
+
+
+def load(bundle: str | Path, *, target: bool = False) -> nn.Module:
+    """The model of a bundle in eval mode: trained (weights loaded strictly) or, with target=True,
+    untrained at the target configuration.
+
+    `bundle` is a bundle folder, its arch.json, or a run folder (then its best/). The space is the
+    registered one of the architecture's name, built with the options recorded at export.
+    """
+    file = _locate(Path(bundle))
+    data = read_bundle(file)
+    arch = Arch.from_dict(data["arch"])
+    hint = _hint(file.parent)
+    try:
+        space = SPACES.get(arch.space)(**data["space_options"])
+        space.validate(arch)
+    except LookupError as e:
+        raise BundleError(f"{file} needs search space {arch.space!r}, which is not installed ({e})") from None
+    except ValueError as e:
+        raise BundleError(f"{file} holds an architecture this version cannot build ({e}); {hint}") from None
+    if target:
+        return space.build(arch, num_classes=Target.from_dict(data["target"]).num_classes).eval()
+    model = space.build(arch, num_classes=data["weights"]["num_classes"])
+    model.load_state_dict(_read_weights(file.parent, data, hint), strict=True)
+    return model.eval()
+
+
+def _read_weights(folder: Path, data: Mapping[str, Any], hint: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    name = FILES["weights"]
+    path = folder / name
+    if name not in data["files"]:
+        raise BundleError(f"{folder / ARCH_FILE} lists no {name}: the bundle was exported without "
+                          f"weights; export it with --format weights or load it with target=True")
+    if not path.is_file():
+        raise BundleError(f"{path} is missing; {hint}")
+    if _sha256(path) != data["files"][name]["sha256"]:
+        raise BundleError(f"{path} does not match the checksum in {ARCH_FILE} (corrupted, or from another "
+                          f"export); {hint}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise BundleError(f"{path} cannot be read ({e}); {hint}") from None
+
+
+def _locate(path: Path) -> Path:
+    """The arch.json that `path` names: itself, inside it, or inside its best/ (a run folder)."""
+    if path.is_dir():
+        if not (path / ARCH_FILE).exists() and (path / "best").is_dir():
+            return path / "best" / ARCH_FILE
+        if not (path / ARCH_FILE).exists() and (path / "journal.jsonl").exists():
+            raise BundleError(f"run {path} has no best/ bundle yet (no feasible trial has finished, or the "
+                              f"export was interrupted); {_hint(path / 'best')}")
+        return path / ARCH_FILE
+    if path.suffix == ".json" or path.exists():
+        return path
+    raise BundleError(f"{path} does not exist (expected a bundle folder, its {ARCH_FILE}, or a run folder)")
+
+
+def _hint(folder: Path) -> str:
+    run = folder.parent if folder.name == "best" else None
+    return f"re-export with `nasplat export {run}`" if run else "re-export with `nasplat export RUN --out DIR`"
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        return f"line {error.lineno}: {error.msg}"
+    return str(error).strip("'\"") if isinstance(error, KeyError) else str(error)
+
+
+def _validate(data: Any) -> None:
+    """Raises KeyError/TypeError/ValueError naming the first field that is missing or malformed."""
+    if not isinstance(data, dict):
+        raise TypeError("the top level is not a JSON object")
+    for key, kind in (("arch", dict), ("target", dict), ("weights", dict), ("files", dict),
+                      ("space_options", dict), ("costs", dict)):
+        if key not in data:
+            raise KeyError(f"field {key!r} is missing")
+        if not isinstance(data[key], kind):
+            raise TypeError(f"field {key!r} is not a JSON {kind.__name__}")
+    Arch.from_dict(data["arch"])
+    Target.from_dict(data["target"])
+    weights = data["weights"]
+    if not (isinstance(weights.get("input_shape"), list) and all(isinstance(n, int) for n in weights["input_shape"])):
+        raise ValueError("field 'weights.input_shape' is not a list of integers")
+    if not isinstance(weights.get("num_classes"), int) or not isinstance(weights.get("trained"), bool):
+        raise ValueError("fields 'weights.num_classes' (integer) and 'weights.trained' (boolean) are required")
+    for name, entry in data["files"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)):
+            raise ValueError(f"field 'files.{name}' has no sha256")
+
+
+def _write_weights(model: nn.Module, arch: Arch, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    # a fresh contiguous copy per tensor: safetensors refuses views and tensors sharing storage
+    tensors = {k: torch.clone(v.detach(), memory_format=torch.contiguous_format)
+               for k, v in model.state_dict().items()}
+    save_file(tensors, path, metadata={"arch": arch.to_json()})
+
+
+def _write_torchscript(model: nn.Module, path: Path, shape: tuple[int, ...]) -> None:
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.zeros(shape), check_trace=False)  # _verify checks it
+    torch.jit.save(traced, str(path))
+
+
+def _write_onnx(model: nn.Module, path: Path, shape: tuple[int, ...]) -> dict[str, Any]:
+    """torch.export-based ("dynamo") export, the supported path since torch 2.9, with a dynamic batch
+    axis; a model torch.export cannot capture falls back to the deprecated TorchScript-based exporter.
+    Returns how the file was made, for arch.json's "verified"."""
+    example = (torch.zeros(shape),)
+    names = {"input_names": ["input"], "output_names": ["output"], "opset_version": ONNX_OPSET}
+    try:
+        program = torch.onnx.export(model, example, None, dynamo=True, verbose=False,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), **names)
+        program.save(str(path))
+        return {"onnx_exporter": "dynamo", "onnx_opset": ONNX_OPSET}
+    except Exception as dynamo_error:  # torch.export fails in many ways: graph breaks, data-dependent shapes
+        try:
+            torch.onnx.export(model, example, str(path), dynamo=False,
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **names)
+        except Exception as legacy_error:
+            raise RuntimeError(f"ONNX export failed with both exporters: dynamo: {dynamo_error}; "
+                               f"torchscript: {legacy_error}") from legacy_error
+        first_line = (str(dynamo_error).splitlines() or [type(dynamo_error).__name__])[0]
+        return {"onnx_exporter": "torchscript", "onnx_opset": ONNX_OPSET, "onnx_dynamo_error": first_line[:300]}
+
+
+def _verify(model: nn.Module, temps: Mapping[str, Path], shape: tuple[int, ...], *,
+            final: Mapping[str, Path]) -> dict[str, Any]:
+    """Max abs differences between each export's outputs and PyTorch's on one random batch of two
+    (two, so that the ONNX dynamic batch axis is exercised too). Raises BundleError above TOLERANCE."""
+    x = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+    verified: dict[str, Any] = {"input_shape": list(x.shape), "tolerance": TOLERANCE}
+    for fmt in ("torchscript", "onnx"):
+        if fmt not in temps:
+            continue
+        try:
+            output = _run_export(fmt, temps[fmt], x)
+        except Exception as e:  # whatever the runtime raises, the file is unusable
+            raise BundleError(f"{final[fmt]} fails to run on a batch of two ({type(e).__name__}: "
+                              f"{str(e)[:300]}); the export is wrong and was not written") from e
+        if output.shape != reference.shape:
+            raise BundleError(f"{final[fmt]} gives outputs of shape {list(output.shape)}, PyTorch "
+                              f"{list(reference.shape)}; the export is wrong and was not written")
+        diff = float((output - reference).abs().max())
+        if not diff <= TOLERANCE:  # also catches NaN
+            raise BundleError(f"{final[fmt]} differs from PyTorch by {diff:.3g} (max abs, over the allowed "
+                              f"{TOLERANCE:g}); the export is wrong and was not written")
+        verified[f"{fmt}_max_abs_diff"] = diff
+    return verified
+
+
+def _run_export(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
+    if fmt == "torchscript":
+        with torch.no_grad():
+            return torch.jit.load(str(path)).eval()(x)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """TorchScript is deprecated in torch 2.13 and the ONNX exporter logs about optional packages
+    (torchvision); both are expected here, so neither should reach the user on every export."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Flushes `tmp` to disk and renames it over `final` (atomic within one folder)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

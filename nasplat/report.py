@@ -1,0 +1,320 @@
+"""A run's journal read back, and its report: the Pareto plot, the search progress and a summary.
+
+The report reads only the run directory (config.json, journal.jsonl, best/arch.json), so it can be
+drawn for a finished, interrupted or still running search, and again at any later time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .arch import Arch
+from .constraints import Constraint
+from .units import format_count
+
+JOURNAL = "journal.jsonl"
+TOP = 5
+
+
+class JournalError(ValueError):
+    """A journal line other than the last is not a JSON event: the file was damaged, not cut off."""
+
+
+def read_journal(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The events of `run_dir`/journal.jsonl in order.
+
+    A process killed while appending leaves a cut-off last line: that line is skipped. Any other line
+    that is not a JSON object raises JournalError, since the events after it could not be trusted.
+    """
+    path = Path(run_dir) / JOURNAL
+    lines = [(n, line) for n, line in enumerate(path.read_bytes().split(b"\n"), start=1) if line.strip()]
+    events = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            event = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if index == len(lines) - 1:
+                break
+            raise JournalError(f"{path} line {number} is not valid JSON ({e}); only a cut-off last line "
+                               f"is tolerated, so the journal was damaged") from None
+        if not (isinstance(event, dict) and "event" in event):
+            raise JournalError(f"{path} line {number} is not a journal event (a JSON object with \"event\")")
+        events.append(event)
+    return events
+
+
+def trial_results(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The latest "result" event of each trial (a resumed run may rerun one), in trial order."""
+    latest = {event["trial"]: dict(event) for event in events if event.get("event") == "result"}
+    return [latest[trial] for trial in sorted(latest)]
+
+
+def best_result(results: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The ok result of highest accuracy (ties: fewer MACs, then the earlier trial); None if none."""
+    ranked = _ranked(results)
+    return ranked[0] if ranked else None
+
+
+def pareto_front(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ok results no other beats on both accuracy (higher) and MACs (lower), by increasing MACs."""
+    front: list[dict[str, Any]] = []
+    for result in sorted(_scored(results), key=lambda r: (_macs(r), -_accuracy(r), r["trial"])):
+        if not front or _accuracy(result) > _accuracy(front[-1]):
+            front.append(result)
+    return front
+
+
+def summary_text(run_dir: str | Path) -> str:
+    """The run's summary as Markdown (readable as plain text too): what ran, how it went, the best."""
+    run = _Run.open(Path(run_dir))
+    config = run.config
+    lines = [f"# Run {run.path.name}", ""]
+    task_options = ", ".join(f"{k}={v}" for k, v in config.get("task_options", {}).items())
+    lines += [
+        f"- space: {run.space_name}{_options(config.get('space_options'))}",
+        f"- strategy: {config.get('strategy', '?')}{_options(config.get('strategy_options'))}",
+        f"- task: {config.get('task', '?')}" + (f" ({task_options})" if task_options else ""),
+        f"- constraints: {', '.join(str(c) for c in run.constraints) or 'none'}",
+        f"- trials: {run.count('ok')} ok, {run.count('infeasible')} infeasible, {run.count('failed')} failed"
+        + (f" (of {config['trials']} planned)" if "trials" in config else "")
+        + (f", {config['epochs']} epochs each" if "epochs" in config else ""),
+        f"- status: {run.status()}",
+        "",
+    ]
+    best = best_result(run.results)
+    if best is None:
+        lines += ["No trial finished ok, so there is no best architecture yet.", ""]
+        return "\n".join(lines)
+    metrics = best["metrics"]
+    lines += [
+        f"## Best architecture: trial {best['trial']}", "",
+        f"`{run.describe(best['arch'])}`", "",
+        f"- accuracy: {_accuracy(best):.2f}%",
+        f"- MACs: {_count(metrics.get('macs'))}",
+        f"- params: {_count(metrics.get('params'))}",
+        f"- target input shape: {run.target_shape(best['arch'])}",
+        "",
+        f"## Top {TOP}", "",
+        "| rank | trial | accuracy (%) | MACs | params | architecture |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for rank, result in enumerate(_ranked(run.results)[:TOP], start=1):
+        lines.append(f"| {rank} | {result['trial']} | {_accuracy(result):.2f} | "
+                     f"{_count(result['metrics'].get('macs'))} | {_count(result['metrics'].get('params'))} | "
+                     f"`{run.describe(result['arch'])}` |")
+    lines += [
+        "", "## Use it", "",
+        f"    nasplat export {run.path} --format json,torchscript,onnx --out DIR",
+        f"    nasplat retrain {run.path} --epochs N",
+        "",
+    ]
+    retrain = run.last("retrain")
+    if retrain is not None:
+        accuracy = retrain.get("metrics", {}).get("accuracy")
+        shown = f"{accuracy:.2f}%" if isinstance(accuracy, (int, float)) else "no accuracy recorded"
+        lines += [f"Retrained for {retrain.get('epochs', '?')} epochs: {shown}.", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Writes report/pareto.png, report/progress.png and report/summary.md; returns the report folder."""
+    run = _Run.open(Path(run_dir))
+    folder = run.path / "report"
+    folder.mkdir(exist_ok=True)
+    _save(_pareto_figure(run), folder / "pareto.png")
+    _save(_progress_figure(run), folder / "progress.png")
+    text = summary_text(run.path) + "\n![Pareto front](pareto.png)\n\n![Search progress](progress.png)\n"
+    _replace(folder / "summary.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return folder
+
+
+@dataclass
+class _Run:
+    """What the report needs of a run directory, read once."""
+
+    path: Path
+    config: dict[str, Any]
+    events: list[dict[str, Any]]
+    results: list[dict[str, Any]]
+    bundle: dict[str, Any] | None
+
+    @classmethod
+    def open(cls, path: Path) -> _Run:
+        config_file = path / "config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
+        events = read_journal(path)
+        return cls(path, config, events, trial_results(events), _read_best(path / "best" / "arch.json"))
+
+    @property
+    def space_name(self) -> str:
+        if "space" in self.config:
+            return str(self.config["space"])
+        return self.results[0]["arch"]["space"] if self.results else "?"
+
+    @property
+    def constraints(self) -> list[Constraint]:
+        return [Constraint.from_dict(c) for c in self.config.get("constraints", [])]
+
+    def count(self, status: str) -> int:
+        return sum(result.get("status") == status for result in self.results)
+
+    def last(self, kind: str) -> dict[str, Any] | None:
+        return next((e for e in reversed(self.events) if e.get("event") == kind), None)
+
+    def status(self) -> str:
+        end = self.last("end")
+        start = self.last("start")
+        if end is None:
+            return "no end recorded (still running, or killed)"
+        took = end.get("time", 0) - start.get("time", 0) if start else None
+        return f"ended ({end.get('reason', '?')})" + (f" after {took:.0f}s" if took is not None else "")
+
+    def describe(self, arch: Mapping[str, Any]) -> str:
+        """The space's readable form of an architecture; the bundle's when it is that architecture."""
+        if self.bundle and self.bundle.get("arch") == dict(arch) and "describe" in self.bundle:
+            return str(self.bundle["describe"])
+        parsed = Arch.from_dict(arch)
+        return self.space.describe(parsed) if self.space else " ".join(f"{k}={v}" for k, v in parsed.items())
+
+    def target_shape(self, arch: Mapping[str, Any]) -> str:
+        if self.bundle and self.bundle.get("arch") == dict(arch) and "target" in self.bundle:
+            return "x".join(str(n) for n in self.bundle["target"]["input_shape"])
+        if self.space is None:
+            return "unknown"
+        return "x".join(str(n) for n in self.space.target(Arch.from_dict(arch)).input_shape)
+
+    @cached_property
+    def space(self) -> Any:
+        """The run's space, or None where it is not installed: a report must not fail for want of it."""
+        from .registry import SPACES
+
+        try:
+            return SPACES.get(self.space_name)(**self.config.get("space_options", {}))
+        except (LookupError, ImportError):
+            return None
+
+
+def _read_best(path: Path) -> dict[str, Any] | None:
+    """best/arch.json, parsed without the checks of nasplat.export (no torch needed to read a report);
+    a missing or damaged one only means the report describes the best trial from the journal."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _pareto_figure(run: _Run) -> Any:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    scored = [r for r in _scored(run.results) if _on_log_axis(r)]
+    ax.scatter([_macs(r) for r in scored], [_accuracy(r) for r in scored], s=18, color="tab:blue",
+               alpha=0.6, label="trial")
+    front = pareto_front(scored)
+    if front:
+        ax.plot([_macs(r) for r in front], [_accuracy(r) for r in front], "o-", color="tab:orange",
+                drawstyle="steps-post", markersize=6, label="Pareto front")
+    best = best_result(scored)
+    if best is not None:
+        ax.scatter([_macs(best)], [_accuracy(best)], marker="*", s=250, color="tab:red", zorder=5,
+                   label=f"best (trial {best['trial']})")
+    infeasible = [r for r in run.results if r.get("status") == "infeasible" and _on_log_axis(r)]
+    if infeasible:  # no accuracy: drawn along the bottom, at their MACs
+        ax.scatter([_macs(r) for r in infeasible], [0.03] * len(infeasible), marker="x", color="tab:gray",
+                   transform=ax.get_xaxis_transform(), label="infeasible")
+    for constraint in run.constraints:
+        if constraint.metric == "macs":
+            ax.axvline(constraint.limit, linestyle="--", color="black", linewidth=1, label=str(constraint))
+    if not scored and not infeasible:
+        ax.text(0.5, 0.5, "no trial has finished yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlim(1e6, 1e9)
+    ax.set_xscale("log")
+    ax.set_xlabel("MACs (fvcore 'flops')")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{run.path.name}: accuracy vs MACs")
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="lower right")
+    return figure
+
+
+def _progress_figure(run: _Run) -> Any:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    scored = _scored(run.results)
+    ax.scatter([r["trial"] for r in scored], [_accuracy(r) for r in scored], s=18, color="tab:blue",
+               alpha=0.6, label="trial accuracy")
+    best_so_far = []
+    for result in scored:
+        best_so_far.append(max(_accuracy(result), best_so_far[-1] if best_so_far else -math.inf))
+    if scored:
+        ax.plot([r["trial"] for r in scored], best_so_far, color="tab:red", drawstyle="steps-post",
+                label="best so far")
+    unscored = [r for r in run.results if r.get("status") in ("infeasible", "failed")]
+    if unscored:
+        ax.scatter([r["trial"] for r in unscored], [0.03] * len(unscored), marker="x", color="tab:gray",
+                   transform=ax.get_xaxis_transform(), label="infeasible or failed")
+    if not run.results:
+        ax.text(0.5, 0.5, "no trial has finished yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{run.path.name}: search progress")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="lower right")
+    return figure
+
+
+def _save(figure: Any, path: Path) -> None:
+    _replace(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+
+
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
+    """Writes through `write(tmp)` then renames, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _scored(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ok results that carry an accuracy, in trial order."""
+    return [dict(r) for r in results
+            if r.get("status") == "ok" and isinstance(r.get("metrics", {}).get("accuracy"), (int, float))]
+
+
+def _ranked(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(_scored(results), key=lambda r: (-_accuracy(r), _macs(r), r["trial"]))
+
+
+def _accuracy(result: Mapping[str, Any]) -> float:
+    return float(result["metrics"]["accuracy"])
+
+
+def _macs(result: Mapping[str, Any]) -> float:
+    macs = result.get("metrics", {}).get("macs")
+    return float(macs) if isinstance(macs, (int, float)) else math.inf
+
+
+def _on_log_axis(result: Mapping[str, Any]) -> bool:
+    return 0 < _macs(result) < math.inf
+
+
+def _count(value: Any) -> str:
+    return format_count(value) if isinstance(value, (int, float)) else "?"
+
+
+def _options(options: Mapping[str, Any] | None) -> str:
+    return f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""

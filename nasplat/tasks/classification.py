@@ -1,0 +1,206 @@
+"""Image classification proxy: trains a candidate for a few epochs and reports validation top-1.
+
+The default data is generated (no download; see `datasets.SyntheticSpec`); `cifar10:PATH` and
+`folder:PATH` read the formats users have. Images are resized to each trial's input size once and
+kept, so trials at the same size share the work.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import register_task
+from . import datasets
+from .base import EpochCallback, Task
+
+DEFAULT_EPOCHS = 3
+_RESIZED_KEPT = 4  # input sizes whose resized copies stay in memory (a search revisits a few sizes)
+
+
+@register_task("classification")
+class ClassificationTask(Task):
+    """Top-1 classification with label smoothing, AdamW and a one-cycle schedule.
+
+    `limit_train` / `limit_val` take fixed, class-balanced-by-chance subsets (the first N of a seeded
+    shuffle), for quick runs and tests.
+    """
+
+    DEFAULT_EPOCHS = DEFAULT_EPOCHS
+
+    def __init__(self, *, data: str = "synthetic", base_resolution: int | None = None, batch_size: int = 128,
+                 lr: float = 4e-3, weight_decay: float = 0.05, label_smoothing: float = 0.1,
+                 limit_train: int | None = None, limit_val: int | None = None, device: str = "cpu",
+                 threads: int | None = None):
+        self.source = datasets.open_source(data, resolution=base_resolution)
+        self.data_name = data
+        self.classes = self.source.classes
+        self.num_classes = len(self.classes)
+        self.base_resolution = base_resolution or self.source.resolution
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.label_smoothing = label_smoothing
+        self.limit_train = limit_train
+        self.limit_val = limit_val
+        self.device = torch.device(device)
+        self.threads = threads
+        self._data: datasets.ImageData | None = None
+        self._resized: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "data": self.data_name, "batch_size": self.batch_size, "lr": self.lr,
+                "weight_decay": self.weight_decay, "label_smoothing": self.label_smoothing,
+                "limit_train": self.limit_train, "limit_val": self.limit_val}
+
+    # -- data -----------------------------------------------------------------------------------------------
+
+    def data(self) -> datasets.ImageData:
+        if self._data is None:
+            full = self.source.load()
+            self._data = _subset(full, self.limit_train, self.limit_val)
+        return self._data
+
+    def _at_size(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train and val images resized to `size` (uint8), computed once per size."""
+        if size not in self._resized:
+            data = self.data()
+            self._resized[size] = (_resize(data.train_x, size), _resize(data.val_x, size))
+            while len(self._resized) > _RESIZED_KEPT:
+                self._resized.popitem(last=False)
+        self._resized.move_to_end(size)
+        return self._resized[size]
+
+    # -- training -------------------------------------------------------------------------------------------
+
+    def train_eval(self, model: nn.Module, *, input_size: int, epochs: int, seed: int,
+                   on_epoch: EpochCallback | None = None) -> dict[str, float]:
+        """Re-initialises `model` from `seed`, trains it for `epochs` and returns validation metrics.
+
+        The weights are re-drawn (every submodule's `reset_parameters`) so that a trial's result depends
+        on its architecture and seed only, not on the RNG state in which the caller built the model.
+        """
+        previous_threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._train_eval(model, input_size, epochs, seed, on_epoch)
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    def _train_eval(self, model: nn.Module, input_size: int, epochs: int, seed: int,
+                    on_epoch: EpochCallback | None) -> dict[str, float]:
+        data = self.data()
+        train_x, val_x = self._at_size(input_size)
+        mean, std = _channel_stats(train_x)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _reinitialise(model)
+        fmt = torch.channels_last
+        model = model.to(self.device, memory_format=fmt)
+        decay, no_decay = _param_groups(model)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+        steps_per_epoch = math.ceil(len(train_x) / self.batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, epochs=epochs,
+                                                       steps_per_epoch=steps_per_epoch, pct_start=0.25)
+        start = time.perf_counter()
+        metrics: dict[str, float] = {}
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(train_x), generator=gen)
+            total, count = 0.0, 0
+            for step in range(steps_per_epoch):
+                idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+                x = self._prepare(train_x[idx], mean, std)
+                y = data.train_y[idx].to(self.device)
+                loss = F.cross_entropy(model(x), y, label_smoothing=self.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training diverged: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                        f"(lr {schedule.get_last_lr()[0]:.3g}); try a lower lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += loss.item() * len(idx)
+                count += len(idx)
+            metrics = {**self._evaluate(model, val_x, data.val_y, mean, std), "train_loss": total / count,
+                       "train_seconds": time.perf_counter() - start}
+            if on_epoch is not None:
+                on_epoch(epoch + 1, dict(metrics))
+        return metrics
+
+    def _prepare(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def _evaluate(self, model: nn.Module, val_x: torch.Tensor, val_y: torch.Tensor,
+                  mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
+        model.eval()
+        correct, loss = 0, 0.0
+        for i in range(0, len(val_x), 500):
+            logits = model(self._prepare(val_x[i:i + 500], mean, std))
+            y = val_y[i:i + 500].to(self.device)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(1) == y).sum())
+        if not math.isfinite(loss):
+            raise FloatingPointError("evaluation diverged: the validation loss is not finite")
+        return {"accuracy": 100.0 * correct / len(val_x), "loss": loss / len(val_x)}
+
+
+def _subset(data: datasets.ImageData, limit_train: int | None, limit_val: int | None) -> datasets.ImageData:
+    """The first `limit` images of a fixed shuffle of each split (all of it when `limit` is None)."""
+    def take(x: torch.Tensor, y: torch.Tensor, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if limit is None or limit >= len(x):
+            return x, y
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:limit]
+        return x[idx], y[idx]
+
+    train_x, train_y = take(data.train_x, data.train_y, limit_train)
+    val_x, val_y = take(data.val_x, data.val_y, limit_val)
+    return datasets.ImageData(train_x, train_y, val_x, val_y, data.classes)
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of uint8 images, antialiased when shrinking (else small sizes alias)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = torch.empty(len(images), images.shape[1], size, size, dtype=torch.uint8)
+    for i in range(0, len(images), 1000):
+        chunk = images[i:i + 1000].float()
+        antialias = size < min(chunk.shape[-2:])
+        resized = F.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False,
+                                antialias=antialias)
+        out[i:i + 1000] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    sample = images[:2000].float().div(255)
+    mean = sample.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3).view(1, -1, 1, 1)
+    return mean, std
+
+
+def _reinitialise(model: nn.Module) -> None:
+    for module in model.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+
+
+def _param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Weight decay on conv and linear weights only, not on biases or norm scales (the usual AdamW rule)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return decay, no_decay

@@ -1,0 +1,98 @@
+"""Bad input: one clear line on stderr, exit code 2, nothing written or corrupted."""
+import json
+import shutil
+
+import pytest
+
+from nasplat import api
+from nasplat.cli import main
+
+
+def run_cli(argv):
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse-level errors
+        return exc.code
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["search", "toy", "--flops", "24X"], ["'24X'", "24M"]),
+    (["search", "toy", "--flops", "-1M"], ["must be positive", "-1M"]),
+    (["search", "toy", "--flops", "0"], ["must be positive"]),
+    (["search", "nospace"], ["unknown search space 'nospace'", "tinynet", "toy"]),
+    (["search", "toy", "--strategy", "nostrategy"], ["unknown strategy 'nostrategy'", "random"]),
+    (["search", "toy", "--flops", "10"], ["below the smallest toy architecture", "give at least"]),
+    (["search", "toy", "--data", "cifar10:/nonexistent"], ["toy task", "unknown data"]),
+    (["search", "toy", "--trials", "0"], ["--trials", "at least 1"]),
+    (["search", "--resume", "/nonexistent/run"], ["no such folder"]),
+    (["search", "--config", "/nonexistent.json"], ["no such file"]),
+])
+def test_bad_search_input(tmp_path, capsys, argv, needles):
+    assert run_cli([*argv, "--out", str(tmp_path / "runs")] if "--resume" not in argv else argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("nasplat: error:"), err
+    for needle in needles:
+        assert needle in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing written
+
+
+def test_resume_on_a_folder_that_is_no_run(tmp_path, capsys):
+    (tmp_path / "notarun").mkdir()
+    assert run_cli(["search", "--resume", str(tmp_path / "notarun")]) == 2
+    assert "is not a nasplat run" in capsys.readouterr().err
+
+
+def test_export_of_a_run_without_finished_trial(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TOY_NAN_WIDTH", "4")
+    run = api.search("toy", strategy="random", trials=1, out=tmp_path, initial=[{"width": 4, "scale": 0.5}]).run
+    capsys.readouterr()
+    assert run_cli(["export", str(run.path), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no finished trial" in err, err
+
+
+def test_corrupted_arch_json(tmp_path, capsys):
+    run = api.search("toy", strategy="random", trials=1, out=tmp_path).run
+    arch_json = run.best / "arch.json"
+    arch_json.write_text(arch_json.read_text()[:40])
+    capsys.readouterr()
+    assert run_cli(["export", str(run.path), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "arch.json" in err and "not valid JSON" in err, err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError):
+        main(["--debug", "search", "toy", "--flops", "24X", "--out", str(tmp_path)])
+
+
+def test_list_and_show(tmp_path, capsys):
+    assert run_cli(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "tinynet" in out and "random" in out and "toy" in out
+    run = api.search("toy", strategy="random", trials=2, out=tmp_path).run
+    capsys.readouterr()
+    assert run_cli(["show", str(run.path)]) == 0
+    assert run.id in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_cleanly_and_writes_the_report(tmp_path, monkeypatch):
+    from nasplat.runner import trial as trial_module
+
+    calls = {"n": 0}
+    real = trial_module.evaluate
+
+    def interrupt_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("nasplat.runner.local.evaluate", interrupt_on_third)
+    outcome = api.search("toy", strategy="random", trials=5, out=tmp_path)
+    assert outcome.reason == "interrupted" and outcome.finished == 2
+    assert (outcome.run.report / "summary.md").exists()
+    events = outcome.run.events()
+    assert events[-1]["event"] == "end" and events[-1]["reason"] == "interrupted"
+    json.dumps(events)
+    shutil.rmtree(tmp_path)
