@@ -57,13 +57,13 @@ def make_divisible(value: float, divisor: int = 8, *, min_value: int | None = No
     return new + divisor if new < round_limit * value else new
 
 
-def scale_depth(repeats: int, d: float, *, trunc: Literal["round", "ceil"]) -> int:
+def scale_depth(repeats: int, d: float, *, depth_trunc: Literal["round", "ceil"]) -> int:
     """Blocks in a stage of `repeats` blocks at depth multiplier d (round is Python's half-to-even)."""
-    if trunc == "round":
+    if depth_trunc == "round":
         return max(1, round(repeats * d))
-    if trunc == "ceil":
+    if depth_trunc == "ceil":
         return max(1, math.ceil(repeats * d))
-    raise ValueError(f"depth_trunc must be 'round' or 'ceil', not {trunc!r}")
+    raise ValueError(f"depth_trunc must be 'round' or 'ceil', not {depth_trunc!r}")
 
 
 _TOKEN = re.compile(r"([a-z]+)(\d+(?:\.\d+)?)")
@@ -121,7 +121,7 @@ def scaled_layout(w: float, d: float, *, convention: Convention = "tinynet") -> 
         raise ValueError(f"convention must be 'tinynet' or 'efficientnet', not {convention!r}")
     tiny = convention == "tinynet"
     trunc: Literal["round", "ceil"] = "round" if tiny else "ceil"
-    stages = tuple(replace(s, repeats=scale_depth(s.repeats, d, trunc=trunc),
+    stages = tuple(replace(s, repeats=scale_depth(s.repeats, d, depth_trunc=trunc),
                            channels=make_divisible(s.channels * w)) for s in B0_STAGES)
     stem = B0_STEM if tiny else make_divisible(B0_STEM * w)
     head = max(B0_HEAD, make_divisible(B0_HEAD * w)) if tiny else make_divisible(B0_HEAD * w)
@@ -227,11 +227,11 @@ def _width_steps() -> tuple[float, ...]:
     Channels are a step function of w (make_divisible) and the stem is fixed, so every w of a step
     builds the same model; the width solve bisects over steps instead of over all 951 values of w.
     """
+    scale = 10**DECIMALS
     tops: dict[tuple[int, ...], float] = {}
-    low, high = round(W_RANGE.low * 1000), round(W_RANGE.high * 1000)
-    for k in range(low, high + 1):
-        layout = scaled_layout(k / 1000, 1.0)
-        tops[(layout.head, *(s.channels for s in layout.stages))] = k / 1000  # later k overwrite: the top
+    for k in range(round(W_RANGE.low * scale), round(W_RANGE.high * scale) + 1):
+        layout = scaled_layout(k / scale, 1.0)
+        tops[(layout.head, *(s.channels for s in layout.stages))] = k / scale  # later k overwrite: the top
     return tuple(sorted(tops.values()))
 
 

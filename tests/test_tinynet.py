@@ -121,12 +121,12 @@ def test_efficientnet_convention_gives_b0_and_matches_analytic() -> None:
 
 def test_scaling_rules() -> None:
     assert [make_divisible(v) for v in (4, 11.9, 12, 17.7, 17.8, 20, 1280 * 0.51)] == [8, 16, 16, 16, 24, 24, 656]
-    assert scale_depth(2, 1.25, trunc="round") == 2  # 2.5 rounds half to even
-    assert scale_depth(3, 1.25, trunc="round") == 4  # 3.75
-    assert scale_depth(2, 1.25, trunc="ceil") == 3
-    assert scale_depth(1, 0.3, trunc="round") == 1  # never below one block
+    assert scale_depth(2, 1.25, depth_trunc="round") == 2  # 2.5 rounds half to even
+    assert scale_depth(3, 1.25, depth_trunc="round") == 4  # 3.75
+    assert scale_depth(2, 1.25, depth_trunc="ceil") == 3
+    assert scale_depth(1, 0.3, depth_trunc="round") == 1  # never below one block
     with pytest.raises(ValueError):
-        scale_depth(2, 1.0, trunc="floor")  # type: ignore[arg-type]
+        scale_depth(2, 1.0, depth_trunc="floor")  # type: ignore[arg-type]
 
 
 def test_block_strings_round_trip() -> None:
@@ -211,13 +211,12 @@ def test_sampled_and_mutated_params_complete_to_valid_archs(space: TinyNetSpace)
 def test_runs_at_any_resolution_and_exports(space: TinyNetSpace) -> None:
     model = space.build(published(space, "E")).eval()
     small, other = torch.randn(2, 3, 32, 32), torch.randn(1, 3, 45, 45)
-    with torch.no_grad():
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript and its ONNX exporter announce their deprecation
         assert model(small).shape == (2, 1000)
         traced = torch.jit.trace(model, small)
         assert torch.allclose(traced(other), model(other), atol=1e-5)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
         torch.onnx.export(model, (small,), buffer, dynamo=False, input_names=["x"],
                           dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}})
     ort = pytest.importorskip("onnxruntime")
