@@ -1,0 +1,188 @@
+"""Bayesian search on Optuna's samplers (TPE, GP, CMA-ES, NSGA-II, random) through its ask/tell interface.
+
+With a run directory the study lives in Optuna's JournalStorage there (`optuna.journal`), so
+`optuna-dashboard runs/<id>/optuna.journal` shows it while the search runs; nasplat's own journal stays the
+authoritative record. A journal file rather than SQLite, because SQLite locks under parallel workers
+(optuna/optuna#820, #4994).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.samplers import BaseSampler
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from nasplat.registry import register_strategy
+from nasplat.space import Choice, FloatRange, IntRange, Param
+from nasplat.strategy import Result, Strategy, Trial
+
+if TYPE_CHECKING:
+    from nasplat.constraints import Constraint
+    from nasplat.space import SearchSpace
+
+STUDY_NAME = "nasplat"
+JOURNAL_FILE = "optuna.journal"
+
+# name -> sampler for a seed. TPE is multivariate: NAS parameters interact (depth with width, kernel with
+# resolution). CMA-ES cannot search categorical parameters; TPE samples those for it, one at a time.
+SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
+    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
+    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(
+        seed=seed, independent_sampler=optuna.samplers.TPESampler(seed=seed), warn_independent_sampling=False),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+}
+
+# CMA-ES ignores constraint values and warns about them on every trial; it learns from the penalty alone.
+_IGNORE_CONSTRAINTS = {"cmaes"}
+
+
+def _label(value: Any) -> Any:
+    """A Choice value as an Optuna categorical choice, which must be None, bool, int, float or str."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
+
+
+def _distribution(param: Param) -> BaseDistribution:
+    if isinstance(param, Choice):
+        return CategoricalDistribution([_label(v) for v in param.values])
+    if isinstance(param, IntRange):  # Optuna wants high - low to be a multiple of step
+        high = param.low + (param.high - param.low) // param.step * param.step
+        return IntDistribution(param.low, high, step=param.step)
+    if isinstance(param, FloatRange):
+        return FloatDistribution(param.low, param.high, log=param.log)
+    raise TypeError(f"the bayesian strategy cannot search a {type(param).__name__} parameter")
+
+
+@register_strategy("bayesian")
+class BayesianSearch(Strategy):
+    """Model-based search on an Optuna study; `sampler` is one of tpe, gp, cmaes, nsga2, random.
+
+    The searched parameters are declared to Optuna up front (`study.ask(fixed_distributions)`), as CMA-ES
+    and the GP need a fixed space. `initial` points are enqueued and asked first; one may fix only some
+    parameters, and the sampler chooses the rest. The sampler is rebuilt for each ask, seeded from the
+    strategy's RNG: what it proposes then depends only on that RNG, which `state()` saves, and on the trials
+    in the study, so a resumed search asks what the uninterrupted one would have. `study` is the Optuna study.
+    """
+
+    def __init__(self, space: SearchSpace, *, seed: int = 0, constraints: Sequence[Constraint] = (),
+                 initial: Sequence[Mapping[str, Any]] = (), workdir: Path | None = None, sampler: str = "tpe"):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+        super().__init__(space, seed=seed, constraints=constraints, initial=initial, workdir=workdir)
+        self.sampler_name = sampler
+        self._params = space.parameters()
+        self._distributions = {name: _distribution(p) for name, p in self._params.items()}
+        for point in self.initial:
+            for name, value in point.items():
+                if name in self._params and not self._params[name].contains(value):
+                    raise ValueError(f"initial point {point}: {name}={value!r} lies outside {self._params[name]}")
+        if workdir is None:
+            self._storage: optuna.storages.BaseStorage = optuna.storages.InMemoryStorage()
+        else:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            self._storage = optuna.storages.JournalStorage(JournalFileBackend(str(Path(workdir) / JOURNAL_FILE)))
+        self.study = optuna.create_study(storage=self._storage, sampler=SAMPLERS[sampler](seed),
+                                         study_name=STUDY_NAME, direction="maximize", load_if_exists=True)
+        self._study_id = self._storage.get_study_id_from_name(STUDY_NAME)
+        self._numbers: dict[int, int] = {}  # nasplat trial id -> Optuna trial number, for trials in flight
+
+    def ask(self) -> Trial:
+        if self.initial:
+            point = self.initial.pop(0)
+            self.study.enqueue_trial({name: _label(value) if isinstance(self._params[name], Choice) else value
+                                      for name, value in point.items() if name in self._params})
+        self.study.sampler = SAMPLERS[self.sampler_name](self.rng.getrandbits(32))
+        asked = self.study.ask(self._distributions)
+        trial = self._trial({name: self._decode(name, value) for name, value in asked.params.items()})
+        asked.set_user_attr("nasplat_trial", trial.id)
+        asked.set_user_attr("arch", trial.arch.to_json())
+        self._numbers[trial.id] = asked.number
+        return trial
+
+    def tell(self, trial: Trial, result: Result) -> None:
+        """ok: its score. failed: Optuna's FAIL, which the samplers skip. infeasible: told as complete, with
+        its constraint values and a penalty value. nasplat rejects such a trial before training, whereas
+        Optuna's constraints judge a trial after it ran; telling it as complete with its violations lets
+        TPE, the GP and NSGA-II, which rank infeasible trials below feasible ones by their violation, learn
+        where the infeasible region lies, and the penalty (see `_penalty`) teaches CMA-ES, which ignores
+        constraints, the same. Every sampler but CMA-ES records the constraint values of every complete
+        trial (cost / limit - 1), so `study.best_trial` is the best feasible one.
+
+        Telling a trial that Optuna already finished does nothing: a crash between Optuna's tell and the
+        runner's next snapshot makes the resumed runner tell it again.
+        """
+        if trial.id not in self._numbers:
+            raise ValueError(f"trial {trial.id} is not in flight: never asked, or told already")
+        score = self.score(result)  # raises for an ok result that lacks the metric: the trial stays in flight
+        trial_id = self._trial_id(self._numbers.pop(trial.id))
+        if self._storage.get_trial(trial_id).state.is_finished():
+            return
+        asked = optuna.trial.Trial(self.study, trial_id)
+        asked.set_user_attr("result", result.to_dict())
+        if result.status == "failed":
+            self.study.tell(asked, state=TrialState.FAIL)
+            return
+        violations = self._violations(result)
+        if self.sampler_name not in _IGNORE_CONSTRAINTS:
+            for key, violation in violations.items():
+                asked.set_constraint(key, violation)
+        self.study.tell(asked, score if score is not None else self._penalty(violations))
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "in_flight": sorted(self._numbers.items())}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Takes back a snapshot into a fresh instance built with the same arguments, whose study the
+        constructor loaded from the run directory's journal file.
+
+        Trials Optuna handed out after the snapshot was taken (the crash came between the ask and the
+        runner's save) are marked FAIL: nasplat never saw them, and the restored RNG asks for them again.
+        Trials in flight at the snapshot stay RUNNING: the runner reruns them with the same Arch and tells them.
+        """
+        if self.workdir is None:
+            raise ValueError("the bayesian strategy resumes from its study on disk: construct it with a workdir")
+        super().restore(state)
+        self._numbers = {int(trial_id): int(number) for trial_id, number in state["in_flight"]}
+        known = set(self._numbers.values())
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+            if frozen.number not in known:
+                self._storage.set_trial_state_values(self._trial_id(frozen.number), TrialState.FAIL)
+
+    def _decode(self, name: str, value: Any) -> Any:
+        param = self._params[name]
+        if isinstance(param, Choice):
+            return param.values[int(self._distributions[name].to_internal_repr(value))]
+        return value
+
+    def _trial_id(self, number: int) -> int:
+        return self._storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
+
+    def _violations(self, result: Result) -> dict[str, float]:
+        """Per constraint, measured cost / limit - 1, positive when broken as Optuna expects. An infeasible
+        result that lacks a cost counts as breaking that constraint by 1."""
+        return {str(c): result.metrics[c.metric] / c.limit - 1 if c.metric in result.metrics
+                else (0.0 if result.ok else 1.0) for c in self.constraints}
+
+    def _penalty(self, violations: Mapping[str, float]) -> float:
+        """The value told for an infeasible trial: the worst feasible score so far, less one to two times
+        the spread of the feasible scores, more the further over its limits it is.
+
+        Below every feasible score so far, so that CMA-ES, which ranks by value only, steers away; graded
+        by the total violation v as v / (1 + v), so that among infeasible trials the nearly feasible rank
+        first; bounded and finite, so that the GP, which fits its model to every complete trial's value, is
+        not dwarfed by outliers (and -inf would break CMA-ES). A later feasible score can still fall below
+        an earlier penalty; before any feasible score the penalty lies between -1 and -2.
+        """
+        scores = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.user_attrs.get("result", {}).get("status") == "ok"]
+        worst = min(scores, default=0.0)
+        spread = (max(scores, default=0.0) - worst) or abs(worst) or 1.0
+        excess = sum(v for v in violations.values() if v > 0) or 1.0
+        return worst - spread * (1 + excess / (1 + excess))
