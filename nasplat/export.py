@@ -2,9 +2,10 @@
 
 A bundle folder holds `arch.json` (the Arch, its costs, the target configuration, what the saved weights
 take, and the checks the exports passed) next to the files it lists. Every file is written under a
-temporary name, verified, then renamed into place, and arch.json comes last: a folder whose arch.json
-exists is a complete bundle, and an interrupted export leaves none (a stale arch.json is removed before
-the new files land, and each listed file carries its SHA-256 besides).
+temporary name and verified; only then is an old arch.json removed, the files renamed into place and
+arch.json written last. So a folder with an arch.json is always a complete bundle: an export that fails
+leaves the previous bundle as it was, one killed while renaming leaves no arch.json, and each listed
+file's SHA-256 in arch.json catches anything else.
 """
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ def export_bundle(model: nn.Module, arch: Arch, space: SearchSpace, *, out: Path
                 _write_torchscript(model, temps["torchscript"], shape)
             how = _write_onnx(model, temps["onnx"], shape) if "onnx" in temps else {}
             verified = {**_verify(model, temps, shape, final={f: out / FILES[f] for f in wanted}), **how}
-        files = {FILES[f]: {"format": f, "sha256": _sha256(temps[f]), "bytes": temps[f].stat().st_size}
-                 for f in wanted}
+        from . import __version__
+
         manifest = {
             "arch": arch.to_dict(),
             "describe": space.describe(arch),
@@ -79,15 +80,17 @@ def export_bundle(model: nn.Module, arch: Arch, space: SearchSpace, *, out: Path
             "target": space.target(arch).to_dict(),
             "weights": {"input_shape": list(shape), "num_classes": int(num_classes), "trained": trained},
             "metrics": dict(metrics or {}),
-            "files": files,
+            "files": {FILES[f]: {"format": f, "sha256": _sha256(temps[f]), "bytes": temps[f].stat().st_size}
+                      for f in wanted},
             "verified": verified,
-            "nasplat_version": _version(),
+            "nasplat_version": __version__,
             "torch_version": torch.__version__,
         }
-        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         temps["json"] = out / f".{ARCH_FILE}.tmp-{os.getpid()}"
-        temps["json"].write_text(text, encoding="utf-8")
+        temps["json"].write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (out / ARCH_FILE).unlink(missing_ok=True)  # from here until the rename below, no bundle is claimed
+        for f in set(FILES) - set(wanted):  # files of an earlier bundle in this folder would be stale
+            (out / FILES[f]).unlink(missing_ok=True)
         for f in wanted:
             _commit(temps[f], out / FILES[f])
         _commit(temps["json"], out / ARCH_FILE)
@@ -105,12 +108,14 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
         data = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BundleError(f"{file} does not exist: {file.parent} is no complete bundle; {hint}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{file} is not valid JSON ({_reason(e)}); {hint}") from None
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{file} is not valid JSON (line {e.lineno}: {e.msg}); {hint}") from None
+    except UnicodeDecodeError:
+        raise BundleError(f"{file} is not valid JSON (not UTF-8 text); {hint}") from None
     try:
         _validate(data)
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{file} is not a nasplat bundle manifest ({_reason(e)}); {hint}") from None
+    except (ValueError, TypeError) as e:  # TypeError: Arch refuses a parameter value
+        raise BundleError(f"{file} is not a nasplat bundle manifest ({e}); {hint}") from None
     return data
 
 
@@ -122,21 +127,52 @@ def load(bundle: str | Path, *, target: bool = False) -> nn.Module:
     registered one of the architecture's name, built with the options recorded at export.
     """
     file = _locate(Path(bundle))
+    return _model(file, read_bundle(file), target=target).eval()
+
+
+def export_run(run: str | Path, *, out: Path, formats: Sequence[str] = FORMATS,
+               target: bool = False) -> dict[str, Path]:
+    """Exports the bundle of a run (its best/) or a bundle folder again into `out`, in `formats`.
+
+    target=False: the trained model at the configuration it was trained at; target=True: the untrained
+    model at the target configuration, the one to train in full and deploy.
+    """
+    file = _locate(Path(run))
     data = read_bundle(file)
     arch = Arch.from_dict(data["arch"])
+    taken = Target.from_dict(data["target"]) if target else Target.from_dict(data["weights"])
+    return export_bundle(_model(file, data, target=target), arch, _space(file, data, arch), out=Path(out),
+                         costs=data["costs"], input_shape=taken.input_shape, num_classes=taken.num_classes,
+                         metrics=data["metrics"], formats=formats, trained=not target)
+
+
+def _model(file: Path, data: Mapping[str, Any], *, target: bool) -> nn.Module:
+    arch = Arch.from_dict(data["arch"])
+    space = _space(file, data, arch)
+    if target:
+        return space.build(arch, num_classes=Target.from_dict(data["target"]).num_classes)
+    model = space.build(arch, num_classes=data["weights"]["num_classes"])
     hint = _hint(file.parent)
+    weights = _read_weights(file.parent, data, hint)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:  # missing, unexpected or mis-shaped tensors
+        detail = " ".join(str(e).split())[:300]
+        raise BundleError(f"{file.parent / FILES['weights']} does not fit the architecture in {ARCH_FILE} "
+                          f"({detail}); {hint}") from None
+    return model
+
+
+def _space(file: Path, data: Mapping[str, Any], arch: Arch) -> SearchSpace:
     try:
         space = SPACES.get(arch.space)(**data["space_options"])
         space.validate(arch)
     except LookupError as e:
         raise BundleError(f"{file} needs search space {arch.space!r}, which is not installed ({e})") from None
     except ValueError as e:
-        raise BundleError(f"{file} holds an architecture this version cannot build ({e}); {hint}") from None
-    if target:
-        return space.build(arch, num_classes=Target.from_dict(data["target"]).num_classes).eval()
-    model = space.build(arch, num_classes=data["weights"]["num_classes"])
-    model.load_state_dict(_read_weights(file.parent, data, hint), strict=True)
-    return model.eval()
+        raise BundleError(f"{file} holds an architecture this version cannot build ({e}); "
+                          f"{_hint(file.parent)}") from None
+    return space
 
 
 def _read_weights(folder: Path, data: Mapping[str, Any], hint: str) -> dict[str, torch.Tensor]:
@@ -165,8 +201,8 @@ def _locate(path: Path) -> Path:
         if not (path / ARCH_FILE).exists() and (path / "best").is_dir():
             return path / "best" / ARCH_FILE
         if not (path / ARCH_FILE).exists() and (path / "journal.jsonl").exists():
-            raise BundleError(f"run {path} has no best/ bundle yet (no feasible trial has finished, or the "
-                              f"export was interrupted); {_hint(path / 'best')}")
+            raise BundleError(f"run {path} has no best/ bundle: no finished trial yet (none ended ok, or "
+                              f"exporting the best one failed; see its journal)")
         return path / ARCH_FILE
     if path.suffix == ".json" or path.exists():
         return path
@@ -174,33 +210,28 @@ def _locate(path: Path) -> Path:
 
 
 def _hint(folder: Path) -> str:
-    run = folder.parent if folder.name == "best" else None
-    return f"re-export with `nasplat export {run}`" if run else "re-export with `nasplat export RUN --out DIR`"
-
-
-def _reason(error: Exception) -> str:
-    if isinstance(error, json.JSONDecodeError):
-        return f"line {error.lineno}: {error.msg}"
-    return str(error).strip("'\"") if isinstance(error, KeyError) else str(error)
+    """What the user can do about a damaged bundle: export it again from its run, unless it is the run's."""
+    if folder.name == "best" and (folder.parent / "journal.jsonl").exists():
+        return f"the bundle of run {folder.parent} is damaged; its journal still records each trial's architecture"
+    return "re-export it from its run with `nasplat export RUN --out DIR`"
 
 
 def _validate(data: Any) -> None:
-    """Raises KeyError/TypeError/ValueError naming the first field that is missing or malformed."""
+    """Raises ValueError naming the first field of arch.json that is missing or malformed."""
     if not isinstance(data, dict):
-        raise TypeError("the top level is not a JSON object")
-    for key, kind in (("arch", dict), ("target", dict), ("weights", dict), ("files", dict),
-                      ("space_options", dict), ("costs", dict)):
-        if key not in data:
-            raise KeyError(f"field {key!r} is missing")
-        if not isinstance(data[key], kind):
-            raise TypeError(f"field {key!r} is not a JSON {kind.__name__}")
+        raise ValueError("the top level is not a JSON object")
+    for key in ("arch", "target", "weights", "files", "space_options", "costs", "metrics"):
+        if not isinstance(data.get(key), dict):
+            raise ValueError(f"field {key!r} is missing or not a JSON object")
     Arch.from_dict(data["arch"])
-    Target.from_dict(data["target"])
-    weights = data["weights"]
-    if not (isinstance(weights.get("input_shape"), list) and all(isinstance(n, int) for n in weights["input_shape"])):
-        raise ValueError("field 'weights.input_shape' is not a list of integers")
-    if not isinstance(weights.get("num_classes"), int) or not isinstance(weights.get("trained"), bool):
-        raise ValueError("fields 'weights.num_classes' (integer) and 'weights.trained' (boolean) are required")
+    for key in ("target", "weights"):
+        shape, classes = data[key].get("input_shape"), data[key].get("num_classes")
+        if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)):
+            raise ValueError(f"field '{key}.input_shape' is not a list of positive integers")
+        if not (isinstance(classes, int) and classes > 0):
+            raise ValueError(f"field '{key}.num_classes' is not a positive integer")
+    if not isinstance(data["weights"].get("trained"), bool):
+        raise ValueError("field 'weights.trained' is not true or false")
     for name, entry in data["files"].items():
         if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)):
             raise ValueError(f"field 'files.{name}' has no sha256")
@@ -226,7 +257,10 @@ def _write_onnx(model: nn.Module, path: Path, shape: tuple[int, ...]) -> dict[st
     axis; a model torch.export cannot capture falls back to the deprecated TorchScript-based exporter.
     Returns how the file was made, for arch.json's "verified"."""
     example = (torch.zeros(shape),)
-    names = {"input_names": ["input"], "output_names": ["output"], "opset_version": ONNX_OPSET}
+    with torch.no_grad():
+        count = len(_leaves(model(*example)))
+    outputs = ["output"] if count == 1 else [f"output{i}" for i in range(count)]
+    names = {"input_names": ["input"], "output_names": outputs, "opset_version": ONNX_OPSET}
     try:
         program = torch.onnx.export(model, example, None, dynamo=True, verbose=False,
                                     dynamic_shapes=({0: torch.export.Dim("batch")},), **names)
@@ -235,7 +269,7 @@ def _write_onnx(model: nn.Module, path: Path, shape: tuple[int, ...]) -> dict[st
     except Exception as dynamo_error:  # torch.export fails in many ways: graph breaks, data-dependent shapes
         try:
             torch.onnx.export(model, example, str(path), dynamo=False,
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **names)
+                              dynamic_axes={name: {0: "batch"} for name in ("input", *outputs)}, **names)
         except Exception as legacy_error:
             raise RuntimeError(f"ONNX export failed with both exporters: dynamo: {dynamo_error}; "
                                f"torchscript: {legacy_error}") from legacy_error
@@ -249,7 +283,7 @@ def _verify(model: nn.Module, temps: Mapping[str, Path], shape: tuple[int, ...],
     (two, so that the ONNX dynamic batch axis is exercised too). Raises BundleError above TOLERANCE."""
     x = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        reference = model(x)
+        reference = _leaves(model(x))
     verified: dict[str, Any] = {"input_shape": list(x.shape), "tolerance": TOLERANCE}
     for fmt in ("torchscript", "onnx"):
         if fmt not in temps:
@@ -259,10 +293,11 @@ def _verify(model: nn.Module, temps: Mapping[str, Path], shape: tuple[int, ...],
         except Exception as e:  # whatever the runtime raises, the file is unusable
             raise BundleError(f"{final[fmt]} fails to run on a batch of two ({type(e).__name__}: "
                               f"{str(e)[:300]}); the export is wrong and was not written") from e
-        if output.shape != reference.shape:
-            raise BundleError(f"{final[fmt]} gives outputs of shape {list(output.shape)}, PyTorch "
-                              f"{list(reference.shape)}; the export is wrong and was not written")
-        diff = float((output - reference).abs().max())
+        shapes = [list(t.shape) for t in output], [list(t.shape) for t in reference]
+        if shapes[0] != shapes[1]:
+            raise BundleError(f"{final[fmt]} gives outputs of shapes {shapes[0]}, PyTorch {shapes[1]}; "
+                              f"the export is wrong and was not written")
+        diff = max(float((a - b).abs().max()) for a, b in zip(output, reference))
         if not diff <= TOLERANCE:  # also catches NaN
             raise BundleError(f"{final[fmt]} differs from PyTorch by {diff:.3g} (max abs, over the allowed "
                               f"{TOLERANCE:g}); the export is wrong and was not written")
@@ -270,14 +305,24 @@ def _verify(model: nn.Module, temps: Mapping[str, Path], shape: tuple[int, ...],
     return verified
 
 
-def _run_export(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
+def _run_export(fmt: str, path: Path, x: torch.Tensor) -> list[torch.Tensor]:
     if fmt == "torchscript":
         with torch.no_grad():
-            return torch.jit.load(str(path)).eval()(x)
+            return _leaves(torch.jit.load(str(path)).eval()(x))
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    return [torch.from_numpy(a) for a in session.run(None, {"input": x.numpy()})]
+
+
+def _leaves(output: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output, in order: detection and counting heads return tuples."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _leaves(item)]
+    raise TypeError(f"cannot export a model whose output is a {type(output).__name__}; "
+                    f"return a tensor or a tuple of tensors")
 
 
 @contextlib.contextmanager
@@ -310,8 +355,3 @@ def _sha256(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

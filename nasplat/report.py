@@ -5,6 +5,7 @@ drawn for a finished, interrupted or still running search, and again at any late
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -12,41 +13,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .arch import Arch
 from .constraints import Constraint
+from .run import read_journal
 from .units import format_count
+
+if TYPE_CHECKING:
+    from .space import SearchSpace
 
 JOURNAL = "journal.jsonl"
 TOP = 5
-
-
-class JournalError(ValueError):
-    """A journal line other than the last is not a JSON event: the file was damaged, not cut off."""
-
-
-def read_journal(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The events of `run_dir`/journal.jsonl in order.
-
-    A process killed while appending leaves a cut-off last line: that line is skipped. Any other line
-    that is not a JSON object raises JournalError, since the events after it could not be trusted.
-    """
-    path = Path(run_dir) / JOURNAL
-    lines = [(n, line) for n, line in enumerate(path.read_bytes().split(b"\n"), start=1) if line.strip()]
-    events = []
-    for index, (number, line) in enumerate(lines):
-        try:
-            event = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            if index == len(lines) - 1:
-                break
-            raise JournalError(f"{path} line {number} is not valid JSON ({e}); only a cut-off last line "
-                               f"is tolerated, so the journal was damaged") from None
-        if not (isinstance(event, dict) and "event" in event):
-            raise JournalError(f"{path} line {number} is not a journal event (a JSON object with \"event\")")
-        events.append(event)
-    return events
 
 
 def trial_results(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -56,7 +34,7 @@ def trial_results(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def best_result(results: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The ok result of highest accuracy (ties: fewer MACs, then the earlier trial); None if none."""
+    """The ok result of highest accuracy, the earlier trial on ties (as the runner picks); None if none."""
     ranked = _ranked(results)
     return ranked[0] if ranked else None
 
@@ -72,22 +50,37 @@ def pareto_front(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def summary_text(run_dir: str | Path) -> str:
     """The run's summary as Markdown (readable as plain text too): what ran, how it went, the best."""
+    return _summary(_Run.open(Path(run_dir)))
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Writes report/pareto.png, report/progress.png and report/summary.md; returns the report folder."""
     run = _Run.open(Path(run_dir))
+    folder = run.path / "report"
+    folder.mkdir(exist_ok=True)
+    _save(_pareto_figure(run), folder / "pareto.png")
+    _save(_progress_figure(run), folder / "progress.png")
+    text = _summary(run) + "\n![Pareto front](pareto.png)\n\n![Search progress](progress.png)\n"
+    _replace(folder / "summary.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return folder
+
+
+def _summary(run: _Run) -> str:
     config = run.config
     lines = [f"# Run {run.path.name}", ""]
     task_options = ", ".join(f"{k}={v}" for k, v in config.get("task_options", {}).items())
     lines += [
         f"- space: {run.space_name}{_options(config.get('space_options'))}",
         f"- strategy: {config.get('strategy', '?')}{_options(config.get('strategy_options'))}",
-        f"- task: {config.get('task', '?')}" + (f" ({task_options})" if task_options else ""),
+        f"- task: {run.task_name}" + (f" ({task_options})" if task_options else ""),
         f"- constraints: {', '.join(str(c) for c in run.constraints) or 'none'}",
         f"- trials: {run.count('ok')} ok, {run.count('infeasible')} infeasible, {run.count('failed')} failed"
         + (f" (of {config['trials']} planned)" if "trials" in config else "")
-        + (f", {config['epochs']} epochs each" if "epochs" in config else ""),
+        + (f", {config['epochs']} epochs each" if config.get("epochs") else ""),
         f"- status: {run.status()}",
         "",
     ]
-    best = best_result(run.results)
+    best = run.best()
     if best is None:
         lines += ["No trial finished ok, so there is no best architecture yet.", ""]
         return "\n".join(lines)
@@ -122,18 +115,6 @@ def summary_text(run_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Writes report/pareto.png, report/progress.png and report/summary.md; returns the report folder."""
-    run = _Run.open(Path(run_dir))
-    folder = run.path / "report"
-    folder.mkdir(exist_ok=True)
-    _save(_pareto_figure(run), folder / "pareto.png")
-    _save(_progress_figure(run), folder / "progress.png")
-    text = summary_text(run.path) + "\n![Pareto front](pareto.png)\n\n![Search progress](progress.png)\n"
-    _replace(folder / "summary.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return folder
-
-
 @dataclass
 class _Run:
     """What the report needs of a run directory, read once."""
@@ -148,7 +129,7 @@ class _Run:
     def open(cls, path: Path) -> _Run:
         config_file = path / "config.json"
         config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
-        events = read_journal(path)
+        events = read_journal(path / JOURNAL)
         return cls(path, config, events, trial_results(events), _read_best(path / "best" / "arch.json"))
 
     @property
@@ -158,11 +139,26 @@ class _Run:
         return self.results[0]["arch"]["space"] if self.results else "?"
 
     @property
+    def task_name(self) -> str:
+        """config.json's task; None there means the space's default task."""
+        if self.config.get("task"):
+            return str(self.config["task"])
+        return f"{self.space.default_task} (the space's default)" if self.space else "the space's default"
+
+    @property
     def constraints(self) -> list[Constraint]:
         return [Constraint.from_dict(c) for c in self.config.get("constraints", [])]
 
     def count(self, status: str) -> int:
         return sum(result.get("status") == status for result in self.results)
+
+    def best(self) -> dict[str, Any] | None:
+        """The trial in best/ when that bundle names one of the journal's ok trials (so the summary
+        describes what `nasplat export` gives), else the journal's best."""
+        trial = (self.bundle or {}).get("metrics", {}).get("trial")
+        exported = [r for r in _scored(self.results)
+                    if r["trial"] == trial and r["arch"] == (self.bundle or {}).get("arch")]
+        return exported[0] if exported else best_result(self.results)
 
     def last(self, kind: str) -> dict[str, Any] | None:
         return next((e for e in reversed(self.events) if e.get("event") == kind), None)
@@ -190,7 +186,7 @@ class _Run:
         return "x".join(str(n) for n in self.space.target(Arch.from_dict(arch)).input_shape)
 
     @cached_property
-    def space(self) -> Any:
+    def space(self) -> SearchSpace | None:
         """The run's space, or None where it is not installed: a report must not fail for want of it."""
         from .registry import SPACES
 
@@ -216,62 +212,66 @@ def _pareto_figure(run: _Run) -> Any:
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     ax = figure.add_subplot()
     scored = [r for r in _scored(run.results) if _on_log_axis(r)]
-    ax.scatter([_macs(r) for r in scored], [_accuracy(r) for r in scored], s=18, color="tab:blue",
-               alpha=0.6, label="trial")
-    front = pareto_front(scored)
-    if front:
+    infeasible = [r for r in run.results if r.get("status") == "infeasible" and _on_log_axis(r)]
+    limits = [c.limit for c in run.constraints if c.metric == "macs"]
+    if scored:
+        ax.scatter([_macs(r) for r in scored], [_accuracy(r) for r in scored], s=18, color="tab:blue",
+                   alpha=0.6, label="trial")
+        front = pareto_front(scored)
         ax.plot([_macs(r) for r in front], [_accuracy(r) for r in front], "o-", color="tab:orange",
                 drawstyle="steps-post", markersize=6, label="Pareto front")
-    best = best_result(scored)
-    if best is not None:
+    else:
+        ax.set_ylim(0, 100)
+        ax.text(0.5, 0.5, "no trial finished ok", ha="center", va="center", transform=ax.transAxes)
+    best = run.best()
+    if best is not None and _on_log_axis(best):
         ax.scatter([_macs(best)], [_accuracy(best)], marker="*", s=250, color="tab:red", zorder=5,
                    label=f"best (trial {best['trial']})")
-    infeasible = [r for r in run.results if r.get("status") == "infeasible" and _on_log_axis(r)]
     if infeasible:  # no accuracy: drawn along the bottom, at their MACs
         ax.scatter([_macs(r) for r in infeasible], [0.03] * len(infeasible), marker="x", color="tab:gray",
                    transform=ax.get_xaxis_transform(), label="infeasible")
     for constraint in run.constraints:
         if constraint.metric == "macs":
             ax.axvline(constraint.limit, linestyle="--", color="black", linewidth=1, label=str(constraint))
-    if not scored and not infeasible:
-        ax.text(0.5, 0.5, "no trial has finished yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlim(1e6, 1e9)
+    xs = [_macs(r) for r in scored + infeasible] + limits
     ax.set_xscale("log")
+    ax.set_xlim(min(xs, default=1e6) / 1.3, max(xs, default=1e9) * 1.3)  # autoscale skips the bottom row
     ax.set_xlabel("MACs (fvcore 'flops')")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{run.path.name}: accuracy vs MACs")
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", loc="lower right")
+        ax.legend(fontsize="small", loc="best")
     return figure
 
 
 def _progress_figure(run: _Run) -> Any:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     ax = figure.add_subplot()
     scored = _scored(run.results)
-    ax.scatter([r["trial"] for r in scored], [_accuracy(r) for r in scored], s=18, color="tab:blue",
-               alpha=0.6, label="trial accuracy")
-    best_so_far = []
-    for result in scored:
-        best_so_far.append(max(_accuracy(result), best_so_far[-1] if best_so_far else -math.inf))
     if scored:
-        ax.plot([r["trial"] for r in scored], best_so_far, color="tab:red", drawstyle="steps-post",
+        trials = [r["trial"] for r in scored]
+        accuracies = [_accuracy(r) for r in scored]
+        ax.scatter(trials, accuracies, s=18, color="tab:blue", alpha=0.6, label="trial accuracy")
+        ax.plot(trials, list(itertools.accumulate(accuracies, max)), color="tab:red", drawstyle="steps-post",
                 label="best so far")
+    else:
+        ax.set_ylim(0, 100)
+        ax.text(0.5, 0.5, "no trial finished ok", ha="center", va="center", transform=ax.transAxes)
     unscored = [r for r in run.results if r.get("status") in ("infeasible", "failed")]
     if unscored:
         ax.scatter([r["trial"] for r in unscored], [0.03] * len(unscored), marker="x", color="tab:gray",
                    transform=ax.get_xaxis_transform(), label="infeasible or failed")
-    if not run.results:
-        ax.text(0.5, 0.5, "no trial has finished yet", ha="center", va="center", transform=ax.transAxes)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{run.path.name}: search progress")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", loc="lower right")
+        ax.legend(fontsize="small", loc="best")
     return figure
 
 
@@ -296,7 +296,7 @@ def _scored(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _ranked(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(_scored(results), key=lambda r: (-_accuracy(r), _macs(r), r["trial"]))
+    return sorted(_scored(results), key=lambda r: (-_accuracy(r), r["trial"]))
 
 
 def _accuracy(result: Mapping[str, Any]) -> float:

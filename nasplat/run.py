@@ -71,18 +71,22 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:
-    """The journal's events. A torn last line (a kill -9 mid-write) is skipped; a torn middle line is an error."""
-    lines = path.read_text().splitlines() if path.exists() else []
+    """The journal's events in order. A process killed while appending leaves a cut-off last line (maybe cut
+    inside a UTF-8 character): it is skipped. Any other bad line raises, since what follows is untrustworthy."""
+    lines = [(n, line) for n, line in enumerate(path.read_bytes().split(b"\n"), 1) if line.strip()] \
+        if path.exists() else []
     events = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for index, (number, line) in enumerate(lines):
         try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
+            event = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if index == len(lines) - 1:
                 break
-            raise RunError(f"{path}: line {number} is corrupt ({exc.msg}); the journal cannot be read") from None
+            raise RunError(f"{path} line {number} is not valid JSON ({exc}); only a cut-off last line is "
+                           "tolerated, so the journal was damaged") from None
+        if not (isinstance(event, dict) and "event" in event):
+            raise RunError(f"{path} line {number} is not a journal event (a JSON object with \"event\")")
+        events.append(event)
     return events
 
 
@@ -92,6 +96,7 @@ class RunDir:
         self.journal_path = self.path / "journal.jsonl"
         self.best = self.path / "best"
         self.report = self.path / "report"
+        self._checked = False  # whether a torn last line of the journal was looked for
 
     @classmethod
     def create(cls, config: SearchConfig) -> RunDir:
@@ -125,8 +130,18 @@ class RunDir:
             raise RunError(f"{self.path / 'config.json'} is not a valid run configuration: {exc}") from None
 
     # -- journal ---------------------------------------------------------------------------------------
+    def _cut_torn_line(self) -> None:
+        """After a kill -9 mid-write the last line is cut off; appending to it would corrupt the next event."""
+        with open(self.journal_path, "rb+") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
+
     def append(self, event: Mapping[str, Any]) -> None:
         """Appends one event and makes it durable before returning (a kill -9 never loses a told result)."""
+        if not self._checked:
+            self._cut_torn_line()
+            self._checked = True
         line = json.dumps({**event, "time": round(time.time(), 3)}, separators=(",", ":"))
         with open(self.journal_path, "a") as fh:
             fh.write(line + "\n")

@@ -57,8 +57,18 @@ def test_journal_tolerates_a_torn_last_line_only(tmp_path):
     path.write_text('{"event": "start"}\n{"event": "ask", "tr')
     assert read_journal(path) == [{"event": "start"}]
     path.write_text('{"event": "start"}\n{"event": "ask", "tr\n{"event": "end"}\n')
-    with pytest.raises(RunError, match="line 2 is corrupt"):
+    with pytest.raises(RunError, match="line 2 is not valid JSON"):
         read_journal(path)
+
+
+def test_appending_after_a_kill_cuts_the_torn_line(tmp_path):
+    run = api.search("toy", strategy="random", trials=1, out=tmp_path).run
+    with open(run.journal_path, "ab") as fh:
+        fh.write(b'{"event": "result", "tri')  # what a kill -9 mid-write leaves
+    reopened = RunDir.open(run.path)
+    reopened.append({"event": "note"})
+    events = reopened.events()
+    assert events[-1]["event"] == "note" and len(events) == len(run.events())
 
 
 @pytest.mark.parametrize("strategy", ["random", "bayesian"])

@@ -68,7 +68,7 @@ class ToyTask(Task):
                 on_epoch(epoch, {"loss": loss.item()})
         with torch.no_grad():
             acc = (model(x).argmax(1) == y).float().mean().item() * 100
-        return {"accuracy": acc if loss == loss else float("nan"), "loss": float(loss)}
+        return {"accuracy": acc if loss == loss else float("nan"), "loss": loss.item()}
 
 
 if "toy" not in SPACES.names():

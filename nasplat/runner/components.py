@@ -40,9 +40,15 @@ def build_components(config: SearchConfig, run: RunDir | None, *, space: SearchS
     return Components(space, task, strategy, epochs)
 
 
+def _export_failed(run: RunDir, console: Console, exc: Exception, **fields: Any) -> None:
+    run.append({"event": "export_failed", **fields, "error": f"{type(exc).__name__}: {exc}"})
+    console.print(f"[red]could not export to {run.best}: {exc}[/]")
+
+
 def export_best(run: RunDir, comp: Components, trial: Trial, result: Result, model: nn.Module | None, *,
                 console: Console) -> None:
-    """Replaces best/ with the new best trial's trained model; a failed export is reported, not fatal."""
+    """Replaces best/ with the new best trial's architecture and trained weights (TorchScript and ONNX,
+    which take seconds, are written once by finish_best); a failed export is reported, not fatal."""
     from ..export import export_bundle
 
     size = int(result.metrics["input_size"])
@@ -51,7 +57,18 @@ def export_best(run: RunDir, comp: Components, trial: Trial, result: Result, mod
         export_bundle(model, trial.arch, comp.space, out=run.best,
                       costs={"macs": result.metrics["macs"], "params": result.metrics["params"]},
                       input_shape=(1, 3, size, size), num_classes=comp.task.num_classes,
-                      metrics={**metrics, "trial": trial.id})
+                      metrics={**metrics, "trial": trial.id}, formats=("json", "weights"))
     except Exception as exc:  # the search result is in the journal either way
-        run.append({"event": "export_failed", "trial": trial.id, "error": f"{type(exc).__name__}: {exc}"})
-        console.print(f"[red]could not export trial {trial.id} to {run.best}: {exc}[/]")
+        _export_failed(run, console, exc, trial=trial.id)
+
+
+def finish_best(run: RunDir, *, console: Console) -> None:
+    """Completes best/ with the verified TorchScript and ONNX exports of its trained model."""
+    from ..export import export_run
+
+    if not (run.best / "arch.json").exists():
+        return
+    try:
+        export_run(run.best, out=run.best)
+    except Exception as exc:
+        _export_failed(run, console, exc)

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..run import RunDir, RunError
 from ..strategy import Result, Trial
 from ..units import format_count, format_time
-from .components import Components, build_components, export_best
+from .components import Components, build_components, export_best, finish_best
 from .trial import evaluate
 
 # a strategy that proposes only infeasible architectures would never finish: stop after this many per trial
@@ -107,6 +107,7 @@ def run_search(run: RunDir, *, resume: bool = False, console: Console | None = N
         reason = "interrupted"
         console.print("[yellow]interrupted: the finished trials are kept; resume with "
                       f"`nasplat search --resume {run.path}`[/]")
+    finish_best(run, console=console)
     run.append({"event": "end", "reason": reason})
     from ..report import write_report
 

@@ -67,83 +67,87 @@ class SyntheticSpec:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _pattern(family: torch.Tensor, u: torch.Tensor, v: torch.Tensor, period: torch.Tensor) -> torch.Tensor:
-    """Pattern intensity in 0..1 at object-frame coordinates (u, v), one family index per image."""
+def _pattern(family: str, u: torch.Tensor, v: torch.Tensor, period: torch.Tensor) -> torch.Tensor:
+    """Pattern intensity in 0..1 at object-frame coordinates (u, v)."""
     w = 2 * math.pi / period
-    bars = torch.sin(w * u)
-    checker = torch.sin(w * u) * torch.sin(w * v) * 2
-    rings = torch.sin(w * torch.sqrt(u * u + v * v))
-    dots = torch.cos(w * u) + torch.cos(w * v) - 0.6
-    stacked = torch.stack([bars, checker, rings, dots])  # order of _FAMILIES
-    wave = stacked.gather(0, family.unsqueeze(0).expand(1, *u.shape)).squeeze(0)
-    return (0.5 + 1.5 * wave).clamp(0, 1)  # a softened square wave: sharp stripes, still anti-aliasable
+    if family == "bars":
+        wave = torch.sin(w * u)
+    elif family == "checker":
+        wave = torch.sin(w * u) * torch.sin(w * v) * 2
+    elif family == "rings":
+        wave = torch.sin(w * torch.sqrt(u * u + v * v))
+    else:  # dots
+        wave = torch.cos(w * u) + torch.cos(w * v) - 0.6
+    return (0.5 + 1.5 * wave).clamp_(0, 1)  # a softened square wave: sharp stripes, still anti-aliasable
 
 
-_FAMILIES = ("bars", "checker", "rings", "dots")
-
-
-def _random_colours(gen: torch.Generator, n: int) -> torch.Tensor:
-    return torch.rand(n, 3, 1, 1, generator=gen)
+def _grid(n: int, side: int, pixel: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates (x, y), each n x 1 x side x side, in units of `pixel`."""
+    axis = (torch.arange(side, dtype=torch.float32) + 0.5) * pixel
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    return x.expand(n, 1, side, side), y.expand(n, 1, side, side)
 
 
 def _render(labels: torch.Tensor, spec: SyntheticSpec, gen: torch.Generator) -> torch.Tensor:
-    """Renders one image per label at twice the resolution and box-filters it down (anti-aliasing)."""
-    n, side = len(labels), 2 * spec.resolution
-    scale = spec.resolution / 64  # geometry is specified in pixels of the 64-pixel image
-    axis = (torch.arange(side, dtype=torch.float32) + 0.5) / 2
-    y, x = torch.meshgrid(axis, axis, indexing="ij")
-    x, y = x.expand(n, 1, side, side), y.expand(n, 1, side, side)
+    """Renders one image per label; the object is drawn at twice the resolution and box-filtered down,
+    so that its finest stripes are anti-aliased rather than turned into moire."""
+    n, side = len(labels), spec.resolution
+    scale = side / 64  # geometry is specified in pixels of the 64-pixel image
 
     def uniform(low: float, high: float) -> torch.Tensor:
         return low + (high - low) * torch.rand(n, 1, 1, 1, generator=gen)
 
-    # background: smooth colour field
+    # background: a smooth colour field crossed by clutter strokes of random colour, direction and width
     coarse = torch.rand(n, 3, 3, 3, generator=gen)
-    image = F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False).clamp(0, 1)
-
-    # clutter strokes: line segments of random colour, direction and width
+    image = F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False).clamp_(0, 1)
+    x, y = _grid(n, side, 1.0)
     for _ in range(spec.clutter):
-        x0, y0 = uniform(0, spec.resolution), uniform(0, spec.resolution)
-        angle, length = uniform(0, math.pi), uniform(8, 30) * scale
-        width = uniform(0.6, 2.0) * scale
+        x0, y0 = uniform(0, side), uniform(0, side)
+        angle, length, width = uniform(0, math.pi), uniform(8, 30) * scale, uniform(0.6, 2.0) * scale
         dx, dy = torch.cos(angle), torch.sin(angle)
         t = ((x - x0) * dx + (y - y0) * dy).clamp(-length / 2, length / 2)
-        dist = torch.hypot(x - x0 - t * dx, y - y0 - t * dy)
-        image = torch.where(dist < width, _random_colours(gen, n).expand(n, 3, side, side), image)
+        stroke = torch.hypot(x - x0 - t * dx, y - y0 - t * dy) < width
+        image = torch.where(stroke, torch.rand(n, 3, 1, 1, generator=gen), image)
 
-    # the object: a rotated superellipse filled with the class's pattern in two random colours
-    families = torch.tensor([_FAMILIES.index(TEXTURES[name][0]) for name in TEXTURES])
-    angles = torch.tensor([TEXTURES[name][1] for name in TEXTURES]) * math.pi / 180
-    periods = torch.tensor([TEXTURES[name][2] for name in TEXTURES])
+    # the object: a rotated superellipse filled with the class's pattern in two contrasting colours
+    x, y = _grid(n, 2 * side, 0.5)
     radius = uniform(13, 20) * scale
-    cx = uniform(0, 1) * (spec.resolution - 2 * radius) + radius
-    cy = uniform(0, 1) * (spec.resolution - 2 * radius) + radius
+    cx = uniform(0, 1) * (side - 2 * radius) + radius
+    cy = uniform(0, 1) * (side - 2 * radius) + radius
     shape_angle, aspect, power = uniform(0, math.pi), uniform(0.7, 1.0), uniform(2.0, 5.0)
     ca, sa = torch.cos(shape_angle), torch.sin(shape_angle)
-    su, sv = ((x - cx) * ca + (y - cy) * sa) / radius, (-(x - cx) * sa + (y - cy) * ca) / (radius * aspect)
-    inside = su.abs() ** power + sv.abs() ** power < 1
+    su = ((x - cx) * ca + (y - cy) * sa) / radius
+    sv = (-(x - cx) * sa + (y - cy) * ca) / (radius * aspect)
+    inside = (su.abs() ** power + sv.abs() ** power < 1).float()
 
-    theta = angles[labels].view(n, 1, 1, 1) + uniform(-0.15, 0.15)
+    names = list(TEXTURES)
+    angle = torch.tensor([TEXTURES[name][1] for name in names])[labels].view(n, 1, 1, 1) * math.pi / 180
+    theta = angle + uniform(-0.15, 0.15)
+    period = torch.tensor([TEXTURES[name][2] for name in names])[labels].view(n, 1, 1, 1)
+    period = period * uniform(0.92, 1.08) * scale
     ct, st = torch.cos(theta), torch.sin(theta)
     u = (x - cx) * ct + (y - cy) * st + uniform(0, 64)  # random phase
     v = -(x - cx) * st + (y - cy) * ct + uniform(0, 64)
-    period = periods[labels].view(n, 1, 1, 1) * uniform(0.92, 1.08) * scale
-    p = _pattern(families[labels].view(n, 1, 1, 1), u, v, period)
-    ink, paper = _random_colours(gen, n), _random_colours(gen, n)
+    p = torch.empty_like(u)
+    families = [TEXTURES[names[int(c)]][0] for c in labels]
+    for family in set(families):
+        idx = torch.tensor([i for i, f in enumerate(families) if f == family])
+        p[idx] = _pattern(family, u[idx], v[idx], period[idx])
+    ink, paper = torch.rand(n, 3, 1, 1, generator=gen), torch.rand(n, 3, 1, 1, generator=gen)
     paper = torch.where((ink - paper).norm(dim=1, keepdim=True) < 0.4, 1 - ink, paper)  # keep contrast
-    texture = ink * p + paper * (1 - p)
-    image = torch.where(inside, texture, image)
+    cover = F.avg_pool2d(inside, 2)
+    texture = F.avg_pool2d(inside * (ink * p + paper * (1 - p)), 2)
+    image = image * (1 - cover) + texture
 
-    image = F.avg_pool2d(image, 2)
     image = image + spec.noise * torch.randn(image.shape, generator=gen)
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    return (image.clamp_(0, 1) * 255).round_().to(torch.uint8)
 
 
 def _generate_split(size: int, spec: SyntheticSpec, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + stream)
     k = len(TEXTURES)
     labels = (torch.arange(size) % k)[torch.randperm(size, generator=gen)]
-    chunks = [_render(labels[i:i + 500], spec, gen) for i in range(0, size, 500)]
+    chunks = [_render(labels[i:i + 100], spec, gen) for i in range(0, size, 100)]
     return torch.cat(chunks), labels
 
 
