@@ -48,13 +48,14 @@ def search(space: str, *, strategy: str = "bayesian", flops: str | float | None 
            params: str | float | None = None, trials: int = 8, epochs: int | None = None,
            timeout: float | None = None, seed: int = 0, out: str | Path = "runs", data: str | None = None,
            initial: Sequence[dict[str, Any]] = (), strategy_options: dict[str, Any] | None = None,
-           space_options: dict[str, Any] | None = None, console: Console | None = None) -> SearchOutcome:
+           space_options: dict[str, Any] | None = None, task_options: dict[str, Any] | None = None,
+           console: Console | None = None) -> SearchOutcome:
     """Runs a search and returns its outcome; `nasplat search` with the same arguments does the same."""
     constraints = [Constraint.parse(m, v) for m, v in (("macs", flops), ("params", params)) if v is not None]
     config = SearchConfig(space=space, strategy=strategy, constraints=constraints, trials=trials, epochs=epochs,
                           timeout=timeout, seed=seed, out=str(out), initial=list(initial),
                           space_options=dict(space_options or {}), strategy_options=dict(strategy_options or {}),
-                          task_options={"data": data} if data else {})
+                          task_options={**(task_options or {}), **({"data": data} if data else {})})
     return start(config, console=console)
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .constraints import Constraint, limit_of
+from .run import RunDir
 from .units import format_count, parse_count
 
 if TYPE_CHECKING:
@@ -84,23 +85,37 @@ class Formula:
             raise ValueError(f"--prior {path} is not a formula file written by `nasplat formula` ({exc})") from None
 
 
-def fit_formula(space: str, *, budgets: Sequence[str], trials: int, epochs: int | None, seed: int, out: Path,
-                strategy: str = "random", data: str | None = None, top_k: int = 3,
-                console: Console | None = None) -> Path:
-    """One search per budget, then the GPR fit on the top_k feasible models of each; writes out/formula.json."""
-    from .api import search
+def _search_budget(space: str, limit: float, *, folder: Path, trials: int, epochs: int | None, seed: int,
+                   strategy: str, data: str | None, console: Console | None) -> RunDir:
+    """The finished search of one budget: reused if `folder` has one, resumed if killed, else started."""
+    from .api import resume, search
 
+    runs = sorted(p for p in folder.glob("*/config.json")) if folder.exists() else []
+    for config in runs:
+        run = RunDir.open(config.parent)
+        ends = [e for e in run.events() if e.get("event") == "end"]
+        if ends and ends[-1].get("reason") == "done":
+            return run
+        if not any(e.get("reason") == "done" for e in ends):
+            return resume(run.path, console=console).run
+    return search(space, strategy=strategy, flops=limit, trials=trials, epochs=epochs, seed=seed, out=folder,
+                  data=data, console=console).run
+
+
+def fit_formula(space: str, *, budgets: Sequence[str | float], trials: int, epochs: int | None, seed: int,
+                out: Path, strategy: str = "random", data: str | None = None, top_k: int = 3,
+                console: Console | None = None) -> Path:
+    """One search per budget (in out/<budget>/, reused or resumed when run again), then the GPR fit on the
+    top_k feasible models of each budget; writes out/formula.json."""
     out.mkdir(parents=True, exist_ok=True)
     points = []
-    limits = sorted(parse_count(b, what="--flops budget") for b in budgets)
-    for limit in limits:
-        outcome = search(space, strategy=strategy, flops=limit, trials=trials, epochs=epochs, seed=seed,
-                         out=out, data=data, console=console)
-        ranked = sorted(((r.metrics["accuracy"], t) for t, r in outcome.run.results().values() if r.ok),
+    for limit in sorted(parse_count(b, what="--flops budget") for b in budgets):
+        run = _search_budget(space, limit, folder=out / format_count(limit), trials=trials, epochs=epochs,
+                             seed=seed, strategy=strategy, data=data, console=console)
+        ranked = sorted(((r.metrics["accuracy"], t) for t, r in run.results().values() if r.ok),
                         key=lambda x: -x[0])[:top_k]
         points += [{"budget": limit, "r": t.arch["r"], "d": t.arch["d"], "accuracy": acc} for acc, t in ranked]
     formula = Formula.fit(space, points)
     path = out / "formula.json"
     formula.save(path)
     return path
-
