@@ -128,6 +128,29 @@ def scaled_layout(w: float, d: float, *, convention: Convention = "tinynet") -> 
     return Layout(stem, stages, head)
 
 
+def layout_macs(layout: Layout, side: int, *, num_classes: int = 1000) -> int:
+    """Conv and linear MACs of the network of `layout` on a side x side input, in closed form.
+
+    Only the width solve uses it, to bisect without building models; the cost of the Arch it picks is
+    still measured by fvcore on the built model (tests check the two agree exactly).
+    """
+    def out(h: int, k: int, s: int) -> int:
+        return (h + 2 * ((k - 1) // 2) - k) // s + 1
+
+    h = out(side, 3, 2)
+    macs, cin = 3 * layout.stem * 9 * h * h, layout.stem
+    for stage in layout.stages:
+        for i in range(stage.repeats):
+            stride = stage.stride if i == 0 else 1
+            mid = cin * stage.expand
+            squeezed = max(1, int(cin * stage.se))
+            h2 = out(h, stage.kernel, stride)
+            expand = cin * mid * h * h if stage.kind == "ir" else 0
+            macs += expand + mid * stage.kernel ** 2 * h2 * h2 + 2 * mid * squeezed + mid * stage.channels * h2 * h2
+            h, cin = h2, stage.channels
+    return macs + cin * layout.head * h * h + layout.head * num_classes
+
+
 class ConvBnAct(nn.Sequential):
     """Conv (no bias, padding (k-1)//2) + BatchNorm, then SiLU unless act=False."""
 
@@ -272,13 +295,20 @@ class TinyNetSpace(SearchSpace):
     def solve_width(self, r: float, d: float, *, constraints: Sequence[Constraint]) -> float:
         """The largest 3-decimal w in [0.25, 1.2] whose model meets every MACs/params constraint.
 
-        MACs and params only grow with w, so this bisects, measuring one Arch per step (about 7 steps,
-        cached by Arch key, so the runner's own measure of the result is free). When even w=0.25 breaks
-        the budget, returns 0.25 and the runner rejects the Arch as infeasible.
+        MACs and params only grow with w, so this bisects over w's channel steps with the closed-form MAC
+        count, then measures the chosen Arch with fvcore (cached by Arch key, so the runner's own measure
+        is free). When even w=0.25 breaks the budget, returns 0.25 and the runner rejects the Arch as
+        infeasible.
         """
         counted = [c for c in constraints if c.metric in COUNT_METRICS]
+        side = resolution(r)
 
-        def fits(w: float) -> bool:
+        def fits_closed_form(w: float) -> bool:  # microseconds: MACs from the layout, params only by measuring
+            macs = layout_macs(scaled_layout(w, d), side, num_classes=self.num_classes)
+            return all(c.limit >= macs for c in counted if c.metric == "macs") and (
+                all(c.metric == "macs" for c in counted) or fits_measured(w))
+
+        def fits_measured(w: float) -> bool:
             costs = measure(self, self.arch({"r": r, "d": d, "w": w}))
             return all(c.holds(costs) for c in counted)
 
@@ -286,10 +316,12 @@ class TinyNetSpace(SearchSpace):
         lo, hi = -1, len(steps)  # invariant: steps[lo] fits (or lo == -1), steps[hi] breaks (or hi == len)
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if fits(steps[mid]):
+            if fits_closed_form(steps[mid]):
                 lo = mid
             else:
                 hi = mid
+        while lo >= 0 and not fits_measured(steps[lo]):  # fvcore has the last word
+            lo -= 1
         return steps[lo] if lo >= 0 else W_RANGE.low
 
     def target(self, arch: Arch) -> Target:

@@ -244,3 +244,17 @@ def test_inverse_compound_baseline_at_24m() -> None:
     assert (base.phi, base.resolution) == (-5.989, 96)
     assert base.macs / BUDGET == pytest.approx(0.896, abs=0.001)
     assert base.build(num_classes=10)(torch.randn(1, 3, base.resolution, base.resolution)).shape == (1, 10)
+
+
+def test_closed_form_macs_equal_fvcore_on_random_architectures():
+    """The width solve bisects with layout_macs; it must agree exactly with what fvcore measures."""
+    import random as _random
+
+    from nasplat.search_spaces.tinynet import layout_macs, resolution, scaled_layout
+
+    space = TinyNetSpace()
+    rng = _random.Random(5)
+    for _ in range(6):
+        r, d, w = round(rng.uniform(0.3, 1.0), 3), round(rng.uniform(0.3, 1.4), 3), round(rng.uniform(0.25, 1.2), 3)
+        arch = space.arch({"r": r, "d": d, "w": w})
+        assert layout_macs(scaled_layout(w, d), resolution(r)) == measure(space, arch)["macs"]
