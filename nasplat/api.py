@@ -75,7 +75,7 @@ class DryRun:
     seconds_per_trial: float | None  # None when the task cannot estimate its training time
 
 
-def dry_run(config: SearchConfig, *, samples: int = 16) -> DryRun:
+def dry_run(config: SearchConfig, *, samples: int = 8) -> DryRun:
     """What a search would face, without training: space size, cost range of random samples, feasibility."""
     space = SPACES.create(config.space, **config.space_options)
     _check_budgets(space, config.constraints)
@@ -90,7 +90,7 @@ def dry_run(config: SearchConfig, *, samples: int = 16) -> DryRun:
         epochs = config.epochs or task.default_epochs
         seconds = task.estimate_seconds(space.build(arch, num_classes=task.num_classes),
                                         input_size=task.input_size(space.proxy_scale(arch)), epochs=epochs)
-    return DryRun(space.size(), {k: repr(p) for k, p in space.parameters().items()},
+    return DryRun(space.size(), {k: str(p) for k, p in space.parameters().items()},
                   (min(x["macs"] for x in costs), max(x["macs"] for x in costs)),
                   (min(x["params"] for x in costs), max(x["params"] for x in costs)),
                   feasible / samples, measure(space, space.smallest()), seconds)

@@ -52,6 +52,9 @@ class Choice(Param):
     def contains(self, value: Any) -> bool:
         return value in self.values
 
+    def __str__(self) -> str:
+        return "{" + ", ".join(map(str, self.values)) + "}"
+
     def size(self) -> float:
         return len(self.values)
 
@@ -77,6 +80,9 @@ class IntRange(Param):
 
     def size(self) -> float:
         return (self.high - self.low) // self.step + 1
+
+    def __str__(self) -> str:
+        return f"{self.low}..{self.high}" + (f" step {self.step}" if self.step != 1 else "")
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,9 @@ class FloatRange(Param):
 
     def size(self) -> float:
         return math.inf
+
+    def __str__(self) -> str:
+        return f"[{self.low:g}, {self.high:g}]" + (" (log)" if self.log else "")
 
 
 @dataclass(frozen=True)

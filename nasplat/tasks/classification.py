@@ -88,8 +88,12 @@ class ClassificationTask(Task):
         previous_threads = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
-            return self._train_eval(model, input_size, epochs, seed, on_epoch)
+            with torch.random.fork_rng(devices=cuda):  # seeds init and dropout, leaves the caller's RNG be
+                torch.manual_seed(seed)
+                _reinitialise(model)
+                return self._train_eval(model, input_size, epochs, seed, on_epoch)
         finally:
             torch.set_num_threads(previous_threads)
 
@@ -99,9 +103,6 @@ class ClassificationTask(Task):
         train_x, val_x = self._at_size(input_size)
         mean, std = _channel_stats(train_x)
         gen = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            _reinitialise(model)
         fmt = torch.channels_last
         model = model.to(self.device, memory_format=fmt)
         decay, no_decay = _param_groups(model)

@@ -33,23 +33,25 @@ class ImageData:
 # The generated default: textured objects in clutter
 # ---------------------------------------------------------------------------------------------------------
 
-# name -> (pattern family, orientation in degrees, period in pixels at the native 64-pixel size).
-# Periods fall in three bands, so each step down in input resolution blurs one more band into flat
-# colour (a sine of period P survives resampling to side s only while P * s / 64 stays above ~2 pixels):
-# accuracy climbs with the resolution a network is given, and telling the bands apart within an object
-# that sits among clutter strokes of every frequency needs a receptive field larger than the object.
+# name -> (pattern family, orientation in degrees, period in pixels of the native 64-pixel image).
+# The periods fall in four bands. Resampled to side s, a period P spans P * s / 64 pixels and fades into
+# flat colour (or faint moire) once that nears the 2-pixel limit, so the bands become legible one by one
+# at about s = 14, 22, 33 and 48 pixels: accuracy climbs step by step with the input resolution over the
+# whole range a TinyNet proxy uses (19 to 64 pixels). Random colours, contrast, phase, period and angle
+# jitter, and clutter strokes of every frequency leave no shortcut but the pattern's structure.
 TEXTURES: dict[str, tuple[str, float, float]] = {
-    "bars-0-coarse": ("bars", 0.0, 9.0),
-    "bars-90-coarse": ("bars", 90.0, 9.0),
-    "checker-coarse": ("checker", 0.0, 9.0),
-    "bars-45-medium": ("bars", 45.0, 5.0),
-    "bars-135-medium": ("bars", 135.0, 5.0),
-    "rings-medium": ("rings", 0.0, 5.0),
-    "dots-medium": ("dots", 0.0, 5.0),
-    "bars-0-fine": ("bars", 0.0, 3.0),
-    "bars-90-fine": ("bars", 90.0, 3.0),
-    "checker-fine": ("checker", 45.0, 3.2),
+    "bars-0-p12": ("bars", 0.0, 12.0),
+    "bars-90-p12": ("bars", 90.0, 12.0),
+    "checker-p12": ("checker", 0.0, 12.0),
+    "bars-45-p7": ("bars", 45.0, 7.0),
+    "bars-135-p7": ("bars", 135.0, 7.0),
+    "dots-p7": ("dots", 0.0, 7.0),
+    "rings-p4.5": ("rings", 0.0, 4.5),
+    "checker-45-p4.5": ("checker", 45.0, 4.5),
+    "bars-0-p3": ("bars", 0.0, 3.0),
+    "bars-90-p3": ("bars", 90.0, 3.0),
 }
+MAX_RADIUS = 20.0  # of the textured object, in pixels of the 64-pixel image
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def _pattern(family: str, u: torch.Tensor, v: torch.Tensor, period: torch.Tensor
         wave = torch.sin(w * torch.sqrt(u * u + v * v))
     else:  # dots
         wave = torch.cos(w * u) + torch.cos(w * v) - 0.6
-    return (0.5 + 1.5 * wave).clamp_(0, 1)  # a softened square wave: sharp stripes, still anti-aliasable
+    return (0.5 + 1.5 * wave).clamp_(0, 1)  # a softened square wave: crisp stripes, few harmonics
 
 
 def _grid(n: int, side: int, pixel: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,33 +90,51 @@ def _grid(n: int, side: int, pixel: float) -> tuple[torch.Tensor, torch.Tensor]:
     return x.expand(n, 1, side, side), y.expand(n, 1, side, side)
 
 
-def _render(labels: torch.Tensor, spec: SyntheticSpec, gen: torch.Generator) -> torch.Tensor:
-    """Renders one image per label; the object is drawn at twice the resolution and box-filtered down,
-    so that its finest stripes are anti-aliased rather than turned into moire."""
-    n, side = len(labels), spec.resolution
-    scale = side / 64  # geometry is specified in pixels of the 64-pixel image
+class _Draw:
+    """Per-image random numbers, n x 1 x 1 x 1, from one generator (so a split is one seeded stream)."""
 
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, 1, 1, 1, generator=gen)
+    def __init__(self, n: int, gen: torch.Generator):
+        self.n, self.gen = n, gen
 
-    # background: a smooth colour field crossed by clutter strokes of random colour, direction and width
-    coarse = torch.rand(n, 3, 3, 3, generator=gen)
+    def uniform(self, low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(self.n, 1, 1, 1, generator=self.gen)
+
+    def colour(self) -> torch.Tensor:
+        return torch.rand(self.n, 3, 1, 1, generator=self.gen)
+
+
+def _background(draw: _Draw, side: int, strokes: int) -> torch.Tensor:
+    """A smooth colour field crossed by line segments of random colour, direction, length and width."""
+    scale = side / 64
+    coarse = torch.rand(draw.n, 3, 3, 3, generator=draw.gen)
     image = F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False).clamp_(0, 1)
-    x, y = _grid(n, side, 1.0)
-    for _ in range(spec.clutter):
-        x0, y0 = uniform(0, side), uniform(0, side)
-        angle, length, width = uniform(0, math.pi), uniform(8, 30) * scale, uniform(0.6, 2.0) * scale
+    x, y = _grid(draw.n, side, 1.0)
+    for _ in range(strokes):
+        x0, y0 = draw.uniform(0, side), draw.uniform(0, side)
+        angle, length, width = draw.uniform(0, math.pi), draw.uniform(8, 30) * scale, draw.uniform(0.6, 2) * scale
         dx, dy = torch.cos(angle), torch.sin(angle)
         t = ((x - x0) * dx + (y - y0) * dy).clamp(-length / 2, length / 2)
         stroke = torch.hypot(x - x0 - t * dx, y - y0 - t * dy) < width
-        image = torch.where(stroke, torch.rand(n, 3, 1, 1, generator=gen), image)
+        image = torch.where(stroke, draw.colour(), image)
+    return image
 
-    # the object: a rotated superellipse filled with the class's pattern in two contrasting colours
-    x, y = _grid(n, 2 * side, 0.5)
-    radius = uniform(13, 20) * scale
-    cx = uniform(0, 1) * (side - 2 * radius) + radius
-    cy = uniform(0, 1) * (side - 2 * radius) + radius
-    shape_angle, aspect, power = uniform(0, math.pi), uniform(0.7, 1.0), uniform(2.0, 5.0)
+
+def _object(labels: torch.Tensor, draw: _Draw, side: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The textured object on a square patch around it: (premultiplied colour, coverage, patch corner).
+
+    Drawn at twice the resolution and box-filtered down, so its finest stripes are anti-aliased rather
+    than turned into moire; only the patch is drawn, which is most of the generator's speed.
+    """
+    n, scale = len(labels), side / 64
+    patch = math.ceil(2 * MAX_RADIUS * scale) + 1
+    radius = draw.uniform(13, MAX_RADIUS) * scale
+    cx = draw.uniform(0, 1) * (side - 2 * radius) + radius
+    cy = draw.uniform(0, 1) * (side - 2 * radius) + radius
+    corner = torch.cat([cx, cy], 1).view(n, 2).sub(patch / 2).floor().clamp(0, side - patch).long()
+    x, y = _grid(n, 2 * patch, 0.5)
+    x, y = x + corner[:, 0].view(n, 1, 1, 1), y + corner[:, 1].view(n, 1, 1, 1)
+
+    shape_angle, aspect, power = draw.uniform(0, math.pi), draw.uniform(0.7, 1.0), draw.uniform(2.0, 5.0)
     ca, sa = torch.cos(shape_angle), torch.sin(shape_angle)
     su = ((x - cx) * ca + (y - cy) * sa) / radius
     sv = (-(x - cx) * sa + (y - cy) * ca) / (radius * aspect)
@@ -122,23 +142,34 @@ def _render(labels: torch.Tensor, spec: SyntheticSpec, gen: torch.Generator) -> 
 
     names = list(TEXTURES)
     angle = torch.tensor([TEXTURES[name][1] for name in names])[labels].view(n, 1, 1, 1) * math.pi / 180
-    theta = angle + uniform(-0.15, 0.15)
+    theta = angle + draw.uniform(-0.15, 0.15)
     period = torch.tensor([TEXTURES[name][2] for name in names])[labels].view(n, 1, 1, 1)
-    period = period * uniform(0.92, 1.08) * scale
+    period = period * draw.uniform(0.92, 1.08) * scale
     ct, st = torch.cos(theta), torch.sin(theta)
-    u = (x - cx) * ct + (y - cy) * st + uniform(0, 64)  # random phase
-    v = -(x - cx) * st + (y - cy) * ct + uniform(0, 64)
+    u = (x - cx) * ct + (y - cy) * st + draw.uniform(0, 64)  # random phase
+    v = -(x - cx) * st + (y - cy) * ct + draw.uniform(0, 64)
     p = torch.empty_like(u)
     families = [TEXTURES[names[int(c)]][0] for c in labels]
-    for family in set(families):
+    for family in sorted(set(families)):
         idx = torch.tensor([i for i, f in enumerate(families) if f == family])
         p[idx] = _pattern(family, u[idx], v[idx], period[idx])
-    ink, paper = torch.rand(n, 3, 1, 1, generator=gen), torch.rand(n, 3, 1, 1, generator=gen)
-    paper = torch.where((ink - paper).norm(dim=1, keepdim=True) < 0.4, 1 - ink, paper)  # keep contrast
-    cover = F.avg_pool2d(inside, 2)
-    texture = F.avg_pool2d(inside * (ink * p + paper * (1 - p)), 2)
-    image = image * (1 - cover) + texture
 
+    ink, paper = draw.colour(), draw.colour()
+    paper = torch.where((ink - paper).norm(dim=1, keepdim=True) < 0.4, 1 - ink, paper)  # a visible contrast
+    paper = ink + (paper - ink) * draw.uniform(0.5, 1.0)  # ... at a random strength
+    colour = F.avg_pool2d(inside * (ink * p + paper * (1 - p)), 2)
+    return colour, F.avg_pool2d(inside, 2), corner
+
+
+def _render(labels: torch.Tensor, spec: SyntheticSpec, gen: torch.Generator) -> torch.Tensor:
+    """One uint8 image per label: background and clutter, the textured object, then pixel noise."""
+    draw, side = _Draw(len(labels), gen), spec.resolution
+    image = _background(draw, side, spec.clutter)
+    colour, cover, corner = _object(labels, draw, side)
+    patch = colour.shape[-1]
+    for i, (left, top) in enumerate(corner.tolist()):
+        region = image[i, :, top:top + patch, left:left + patch]
+        region.mul_(1 - cover[i]).add_(colour[i])
     image = image + spec.noise * torch.randn(image.shape, generator=gen)
     return (image.clamp_(0, 1) * 255).round_().to(torch.uint8)
 
