@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula clean
+.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula bench-nb201 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,9 @@ bench-proxy: install
 
 bench-formula: install
 	$(PY) bench/formula.py
+
+bench-nb201: install
+	$(VENV)/bin/nasplat bench nb201 --strategies random,evolution,local,bayesian --seeds 100 --budget 12000s --out bench/out/nb201
 
 clean:
 	rm -rf $(VENV) build *.egg-info

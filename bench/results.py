@@ -1,40 +1,14 @@
-"""Writes one benchmark's section of bench/RESULTS.md, leaving the other sections as they are."""
+"""bench/RESULTS.md as the benchmark scripts write it; NASPLAT_RESULTS names another file (tests use it)."""
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import re
-import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = "# nasplat benchmark results\n\nEach section is written by the script it names; rerun that command to refresh it.\n"
+from nasplat.results import write_section as _write_section
 
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+RESULTS = Path(os.environ.get("NASPLAT_RESULTS") or Path(__file__).resolve().parent / "RESULTS.md")
 
 
 def write_section(name: str, body: str, *, command: str | None = None) -> None:
-    """Replaces (or appends) the section `name` with `body`, stamped with machine, date and command."""
-    command = command or "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    stamp = (f"Machine: {machine()}  \nDate: {datetime.date.today().isoformat()}  \n"
-             f"Command: `{command}`\n\n")
-    block = f"<!-- bench:{name} -->\n## {name}\n\n{stamp}{body.strip()}\n<!-- /bench:{name} -->\n"
-    text = RESULTS.read_text() if RESULTS.exists() else HEADER
-    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->\n", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(RESULTS)
+    """Replaces (or appends) the section `name` of RESULTS with `body`, stamped with machine, date and command."""
+    _write_section(name, body, path=RESULTS, command=command)

@@ -12,11 +12,12 @@ from rich.console import Console
 from .constraints import Constraint, METRICS
 from .cost import measure
 from .registry import SPACES, STRATEGIES
-from .run import RunDir, SearchConfig
+from .run import DEFAULT_TRIALS, RunDir, SearchConfig
+from .runner.budget import check_budget
 from .runner.components import build_components, build_task
 from .runner.local import SearchOutcome, run_search
 from .space import SearchSpace
-from .units import format_count
+from .units import format_count, parse_time
 
 
 def _check_budgets(space: SearchSpace, constraints: Sequence[Constraint]) -> None:
@@ -33,27 +34,38 @@ def _check_budgets(space: SearchSpace, constraints: Sequence[Constraint]) -> Non
                              f"{format_count(costs[c.metric])}); give at least {format_count(costs[c.metric])}")
 
 
-def start(config: SearchConfig, *, console: Console | None = None) -> SearchOutcome:
-    """Validates the configuration (before anything is written), creates runs/<id>/ and searches."""
+def start(config: SearchConfig, *, console: Console | None = None, sync: bool = True,
+          report: bool = True) -> SearchOutcome:
+    """Validates the configuration (before anything is written), creates runs/<id>/ and searches.
+
+    `sync=False` and `report=False` suit searches that are cheap to redo, such as a benchmark's table
+    lookups (see RunDir and run_search)."""
     space = SPACES.create(config.space, **config.space_options)
     STRATEGIES.get(config.strategy)
     task = build_task(config, space)
+    check_budget(config.budget, task)
     _check_budgets(space, config.constraints)
-    run = RunDir.create(config)
+    run = RunDir.create(config, sync=sync)
     components = build_components(config, run, space=space, task=task)
-    return run_search(run, console=console, components=components)
+    return run_search(run, console=console, components=components, report=report)
 
 
 def search(space: str, *, strategy: str = "bayesian", flops: str | float | None = None,
-           params: str | float | None = None, trials: int = 8, epochs: int | None = None,
-           timeout: float | None = None, seed: int = 0, out: str | Path = "runs", data: str | None = None,
+           params: str | float | None = None, trials: int | None = None, epochs: int | None = None,
+           timeout: float | None = None, budget: str | float | None = None, seed: int = 0,
+           out: str | Path = "runs", task: str | None = None, data: str | None = None,
            initial: Sequence[dict[str, Any]] = (), strategy_options: dict[str, Any] | None = None,
            space_options: dict[str, Any] | None = None, task_options: dict[str, Any] | None = None,
            console: Console | None = None) -> SearchOutcome:
-    """Runs a search and returns its outcome; `nasplat search` with the same arguments does the same."""
+    """Runs a search and returns its outcome; `nasplat search` with the same arguments does the same.
+
+    `trials` defaults to 8, or, under a simulated `budget` ("12000s"), to as many as the budget allows."""
     constraints = [Constraint.parse(m, v) for m, v in (("macs", flops), ("params", params)) if v is not None]
-    config = SearchConfig(space=space, strategy=strategy, constraints=constraints, trials=trials, epochs=epochs,
-                          timeout=timeout, seed=seed, out=str(out), initial=list(initial),
+    seconds = parse_time(budget, what="budget") if budget is not None else None
+    trials = trials if trials is not None else (None if seconds is not None else DEFAULT_TRIALS)
+    config = SearchConfig(space=space, strategy=strategy, task=task, constraints=constraints, trials=trials,
+                          epochs=epochs, timeout=timeout, budget=seconds, seed=seed, out=str(out),
+                          initial=list(initial),
                           space_options=dict(space_options or {}), strategy_options=dict(strategy_options or {}),
                           task_options={**(task_options or {}), **({"data": data} if data else {})})
     return start(config, console=console)

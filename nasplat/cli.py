@@ -1,4 +1,4 @@
-"""The `nasplat` command: search, export, retrain, formula, show, list.
+"""The `nasplat` command: search, export, retrain, formula, bench, show, list.
 
 Bad input gets one line on stderr and exit code 2; `--debug` shows the traceback instead.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .constraints import Constraint
-from .run import RunDir, RunError, SearchConfig
+from .run import DEFAULT_TRIALS, RunDir, RunError, SearchConfig
 from .units import format_count, format_time, parse_time
 
 console = Console(stderr=True, highlight=False)
@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # flags whose values may start with '-' (a negative budget is bad input to report, not an unknown option)
-_VALUE_FLAGS = ("--flops", "--params", "--timeout", "--seed")
+_VALUE_FLAGS = ("--flops", "--params", "--timeout", "--budget", "--seed")
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:
@@ -81,10 +81,13 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
         from .formula import Formula
 
         initial = Formula.load(args.prior).initial_points(args.space, constraints)
-    return SearchConfig(space=args.space, strategy=args.strategy, constraints=constraints, trials=args.trials,
-                        epochs=args.epochs, timeout=parse_time(args.timeout, what="--timeout") if args.timeout
-                        else None, seed=args.seed, out=args.out or "runs", initial=initial,
-                        strategy_options=strategy_options, task_options={"data": args.data} if args.data else {})
+    budget = parse_time(args.budget, what="--budget") if args.budget else None
+    trials = args.trials if args.trials is not None else (None if budget is not None else DEFAULT_TRIALS)
+    return SearchConfig(space=args.space, strategy=args.strategy, task=args.task, constraints=constraints,
+                        trials=trials, epochs=args.epochs, timeout=parse_time(args.timeout, what="--timeout")
+                        if args.timeout else None, budget=budget, seed=args.seed, out=args.out or "runs",
+                        initial=initial, strategy_options=strategy_options,
+                        task_options={"data": args.data} if args.data else {})
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -118,6 +121,20 @@ def _print_dry_run(config: SearchConfig) -> int:
     if dry.seconds_per_trial is not None:
         print(f"estimated time: {config.trials} trials x ~{format_time(dry.seconds_per_trial)} = "
               f"~{format_time(config.trials * dry.seconds_per_trial)}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BENCHMARKS, run_benchmark
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    options = {k: v for k, v in (("table", args.table), ("signal", args.signal), ("report", args.report),
+                                 ("time_columns", args.time_columns)) if v}
+    summary = run_benchmark(BENCHMARKS[args.name], strategies=strategies, seeds=args.seeds,
+                            budget=parse_time(args.budget, what="--budget"), out=Path(args.out),
+                            task_options=options, epochs=args.epochs, results=Path(args.results),
+                            console=console)
+    print(summary)
     return 0
 
 
@@ -182,9 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", help="bayesian only: tpe | gp | cmaes | nsga2 | random (default tpe)")
     s.add_argument("--flops", help="MAC budget, e.g. 24M (the papers' FLOPs; fvcore conv/linear/matmul MACs)")
     s.add_argument("--params", help="parameter budget, e.g. 3M")
-    s.add_argument("--trials", type=_positive_int, default=8, help="trained trials (default 8)")
+    s.add_argument("--trials", type=_positive_int,
+                   help=f"evaluated trials (default {DEFAULT_TRIALS}; under --budget, as many as it allows)")
     s.add_argument("--epochs", type=_positive_int, help="epochs per trial (default: the task's)")
     s.add_argument("--timeout", help="no new trial after this long, e.g. 10min")
+    s.add_argument("--budget", help="simulated time a tabular task may charge, e.g. 12000s; the query that "
+                                    "would cross it is not made")
+    s.add_argument("--task", help="proxy task (default: the space's; `nasplat list` shows them)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--data", help="data source: synthetic (default), cifar10:PATH, folder:PATH")
     s.add_argument("--out", help="where run folders go (default runs/)")
@@ -218,6 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data")
     f.add_argument("--out", default="runs/formula")
     f.set_defaults(func=cmd_formula)
+
+    b = sub.add_parser("bench", help="benchmark strategies on a tabular benchmark under its published protocol")
+    b.add_argument("name", choices=["nb201"], help="nb201: NAS-Bench-201 (CIFAR-10 valid table by default)")
+    b.add_argument("--strategies", default="random,evolution,local,bayesian", help="comma-separated strategies")
+    b.add_argument("--seeds", type=_positive_int, default=100, help="seeds 0..N-1 of each strategy (default 100)")
+    b.add_argument("--budget", default="12000s", help="simulated time per search (default 12000s)")
+    b.add_argument("--out", default="bench/out/nb201", help="per-seed JSON files, runs and the plot")
+    b.add_argument("--table", help="a CSV table in the schema of the shipped one (default: the shipped table)")
+    b.add_argument("--signal", help="the column strategies see (default valid_acc_12ep)")
+    b.add_argument("--report", help="comma-separated columns only reported; the first is plotted "
+                                    "(default valid_acc_200ep,test_acc_200ep)")
+    b.add_argument("--time-columns", help="seconds per training epoch[,seconds per evaluation] "
+                                          "(default train_seconds_per_epoch,eval_seconds)")
+    b.add_argument("--epochs", type=_positive_int, help="training epochs charged per query (default 12)")
+    b.add_argument("--results", default="bench/RESULTS.md", help="the Markdown file whose section is rewritten")
+    b.set_defaults(func=cmd_bench)
 
     sh = sub.add_parser("show", help="print a run's summary")
     sh.add_argument("run")

@@ -41,7 +41,7 @@ class BundleError(ValueError):
     """A bundle that is missing, incomplete, corrupted or does not fit its architecture."""
 
 
-def export_bundle(model: nn.Module, arch: Arch, space: SearchSpace, *, out: Path,
+def export_bundle(model: nn.Module | None, arch: Arch, space: SearchSpace, *, out: Path,
                   costs: Mapping[str, float], input_shape: Sequence[int], num_classes: int,
                   metrics: Mapping[str, float] | None = None,
                   formats: Sequence[str] = FORMATS, trained: bool = True) -> dict[str, Path]:
@@ -51,16 +51,20 @@ def export_bundle(model: nn.Module, arch: Arch, space: SearchSpace, *, out: Path
     trained model, the target's for an untrained target export (`trained=False`). arch.json is always
     written (it is what makes the folder a bundle), so "json" may be named in `formats` or left out.
     The TorchScript and ONNX files are checked against PyTorch on a random batch of two; an export that
-    differs by more than 1e-4 raises BundleError and leaves no arch.json behind.
+    differs by more than 1e-4 raises BundleError and leaves no arch.json behind. Without a model (an
+    architecture answered from a table) only arch.json is written, describing an untrained model.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown export format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}")
+    wanted = [f for f in FILES if f in formats]
+    if model is None and (wanted or trained):
+        raise ValueError("without a model only arch.json can be written (formats=('json',), trained=False)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model).cpu().eval()  # exports trace in eval mode; the caller's model is left as is
+    if model is not None:  # exports trace in eval mode; the caller's model is left as is
+        model = copy.deepcopy(model).cpu().eval()
     shape = tuple(int(n) for n in input_shape)
-    wanted = [f for f in FILES if f in formats]
     temps = {f: out / f".{FILES[f]}.tmp-{os.getpid()}" for f in wanted}
     try:
         with _quiet_torch():
@@ -69,7 +73,8 @@ def export_bundle(model: nn.Module, arch: Arch, space: SearchSpace, *, out: Path
             if "torchscript" in temps:
                 _write_torchscript(model, temps["torchscript"], shape)
             how = _write_onnx(model, temps["onnx"], shape) if "onnx" in temps else {}
-            verified = {**_verify(model, temps, shape, final={f: out / FILES[f] for f in wanted}), **how}
+            verified = {**_verify(model, temps, shape, final={f: out / FILES[f] for f in wanted}), **how} \
+                if model is not None else {}
         from . import __version__
 
         manifest = {

@@ -75,7 +75,8 @@ def _summary(run: _Run) -> str:
         f"- task: {run.task_name}" + (f" ({task_options})" if task_options else ""),
         f"- constraints: {', '.join(str(c) for c in run.constraints) or 'none'}",
         f"- trials: {run.count('ok')} ok, {run.count('infeasible')} infeasible, {run.count('failed')} failed"
-        + (f" (of {config['trials']} planned)" if "trials" in config else "")
+        + (f" (of {config['trials']} planned)" if config.get("trials") else "")
+        + (f", {config['budget']:g} simulated seconds budgeted" if config.get("budget") else "")
         + (f", {config['epochs']} epochs each" if config.get("epochs") else ""),
         f"- status: {run.status()}",
         "",

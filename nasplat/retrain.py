@@ -8,6 +8,7 @@ from .export import export_bundle, read_bundle
 from .registry import SPACES
 from .run import RunDir
 from .runner.components import build_task
+from .tasks.base import TabularTask
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,6 +27,9 @@ def retrain(run_dir: str | Path, *, epochs: int, data: str | None = None, seed: 
     if data:
         config.task_options = {**config.task_options, "data": data}
     task = build_task(config, space)
+    if isinstance(task, TabularTask):
+        raise ValueError(f"run {run.path} was answered from a table (task {task.name!r}), which trains nothing; "
+                         f"`nasplat export {run.path} --target --out DIR` gives its untrained network")
     model = space.build(arch, num_classes=task.num_classes)
     size = task.input_size(space.proxy_scale(arch))
 

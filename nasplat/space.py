@@ -32,6 +32,10 @@ class Param(ABC):
     def size(self) -> float:
         """Number of distinct values (math.inf for continuous ranges)."""
 
+    def neighbours(self, value: Any) -> tuple[Any, ...] | None:
+        """The values one step from `value`, or None where they cannot be enumerated (continuous ranges)."""
+        return None
+
 
 @dataclass(frozen=True)
 class Choice(Param):
@@ -58,6 +62,10 @@ class Choice(Param):
     def size(self) -> float:
         return len(self.values)
 
+    def neighbours(self, value: Any) -> tuple[Any, ...]:
+        """Every other value: choices are unordered, so each is one step away."""
+        return tuple(v for v in self.values if v != value)
+
 
 @dataclass(frozen=True)
 class IntRange(Param):
@@ -80,6 +88,9 @@ class IntRange(Param):
 
     def size(self) -> float:
         return (self.high - self.low) // self.step + 1
+
+    def neighbours(self, value: int) -> tuple[int, ...]:
+        return tuple(v for v in (value - self.step, value + self.step) if self.low <= v <= self.high)
 
     def __str__(self) -> str:
         return f"{self.low}..{self.high}" + (f" step {self.step}" if self.step != 1 else "")
@@ -174,6 +185,17 @@ class SearchSpace(ABC):
         """Changes one searched parameter."""
         name = rng.choice(sorted(self.parameters()))
         return {**params, name: self.parameters()[name].mutate(params[name], rng)}
+
+    def neighbours(self, params: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        """Every parameter set one mutation away (one parameter changed by one step), or None when a
+        parameter's steps cannot be enumerated; local search then samples mutations instead."""
+        out: list[dict[str, Any]] = []
+        for name, param in sorted(self.parameters().items()):
+            values = param.neighbours(params[name])
+            if values is None:
+                return None
+            out += [{**params, name: value} for value in values]
+        return out
 
     def searched(self, arch: Arch) -> dict[str, Any]:
         """The searched parameters of an Arch (what a strategy proposes)."""

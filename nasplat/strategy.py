@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,25 +27,37 @@ class Trial:
 
 @dataclass(frozen=True)
 class Result:
-    """What evaluating a trial gave. `infeasible`: broke a constraint, never trained; `failed`: raised or NaN."""
+    """What evaluating a trial gave. `infeasible`: broke a constraint, never trained; `failed`: raised or NaN.
+
+    `held_out` holds measurements that are journaled with the trial but never told to the strategy: a
+    benchmark's report metric (the 200-epoch accuracy a search must not peek at), the simulated seconds
+    a query was charged. The runner tells a strategy `for_strategy()`, which lacks them.
+    """
 
     status: Status
     metrics: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None
+    held_out: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
+    def for_strategy(self) -> Result:
+        """This result as a strategy may see it: without the held-out measurements."""
+        return replace(self, held_out={}) if self.held_out else self
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "metrics": dict(self.metrics)}
         if self.error:
             out["error"] = self.error
+        if self.held_out:
+            out["held_out"] = dict(self.held_out)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Result:
-        return cls(data["status"], dict(data.get("metrics", {})), data.get("error"))
+        return cls(data["status"], dict(data.get("metrics", {})), data.get("error"), dict(data.get("held_out", {})))
 
 
 class Strategy(ABC):

@@ -7,6 +7,8 @@ from nasplat.strategy import Result, Strategy, Trial
 
 @register_strategy("random")
 class RandomSearch(Strategy):
+    """Uniform samples from the space: the baseline every strategy must beat."""
+
     def ask(self) -> Trial:
         params = self.initial.pop(0) if self.initial else self.space.sample(self.rng)
         return self._trial(params)

@@ -71,7 +71,7 @@ def test_appending_after_a_kill_cuts_the_torn_line(tmp_path):
     assert events[-1]["event"] == "note" and len(events) == len(run.events())
 
 
-@pytest.mark.parametrize("strategy", ["random", "bayesian"])
+@pytest.mark.parametrize("strategy", ["random", "bayesian", "evolution", "local"])
 def test_resume_after_kill_9_loses_nothing_and_repeats_nothing(tmp_path, strategy):
     env = {**os.environ, "TOY_SLEEP": "0.4"}
     proc = subprocess.Popen([*CLI, "search", "toy", "--strategy", strategy, "--trials", "6", "--out",

@@ -1,8 +1,9 @@
-"""Task base: the proxy on which a candidate's accuracy is measured."""
+"""Task bases: the proxy on which a candidate's accuracy is measured, by training it or from a table."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import nn
@@ -36,3 +37,39 @@ class Task(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.name, "num_classes": self.num_classes, "base_resolution": self.base_resolution}
+
+
+CHARGE = "charged_seconds"  # the held-out metric under which the runner records a query's simulated seconds
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A table's answer for one architecture: the signal a strategy sees and the columns only reported."""
+
+    signal: float
+    reported: Mapping[str, float] = field(default_factory=dict)
+
+
+class TabularTask(ABC):
+    """Answers an architecture from a table of measurements instead of training it (NAS-Bench-201 style).
+
+    Rows are keyed by the space's readable form of an Arch (`space.describe(arch)`). The runner tells the
+    strategy the signal as "accuracy" and journals the reported columns held out from it, so a search can
+    be judged by a metric it never saw. `charge` is the simulated time of a query, known before the query
+    is made, so that a runner under a time budget stops before the query that would overrun it. Answers
+    never change, so a repeated query tells nothing new and the runner charges it nothing.
+    """
+
+    name: ClassVar[str]
+    default_epochs: ClassVar[int]  # the training epochs a query simulates, unless the search sets them
+
+    @abstractmethod
+    def query(self, key: str) -> Answer:
+        """The row of `key`; raises KeyError for an architecture the table lacks."""
+
+    @abstractmethod
+    def charge(self, key: str, *, epochs: int) -> float:
+        """Simulated seconds of training `key` for `epochs` epochs and evaluating it once; KeyError if absent."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"task": self.name}

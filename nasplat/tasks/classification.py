@@ -25,18 +25,20 @@ _RESIZED_KEPT = 4  # input sizes whose resized copies stay in memory (a search r
 
 @register_task("classification")
 class ClassificationTask(Task):
-    """Top-1 classification with label smoothing, AdamW and a one-cycle schedule.
+    """Top-1 classification: AdamW under a one-cycle schedule, label smoothing, clipped gradients.
 
-    `limit_train` / `limit_val` take fixed, class-balanced-by-chance subsets (the first N of a seeded
-    shuffle), for quick runs and tests.
+    `data` is "synthetic" (generated, the default), "cifar10:PATH" or "folder:PATH" (see `datasets`).
+    `base_resolution` is the proxy side at proxy_scale 1.0 (default: the source's native side, 64 for the
+    generated set and image folders, 32 for CIFAR-10). `limit_train` / `limit_val` keep a fixed random
+    subset of each split, for quick runs and tests. No augmentation: a few-epoch proxy does not overfit.
     """
 
     DEFAULT_EPOCHS = DEFAULT_EPOCHS
 
     def __init__(self, *, data: str = "synthetic", base_resolution: int | None = None, batch_size: int = 128,
                  lr: float = 4e-3, weight_decay: float = 0.05, label_smoothing: float = 0.1,
-                 limit_train: int | None = None, limit_val: int | None = None, device: str = "cpu",
-                 threads: int | None = None):
+                 grad_clip: float | None = 1.0, limit_train: int | None = None, limit_val: int | None = None,
+                 device: str = "cpu", threads: int | None = None):
         self.source = datasets.open_source(data, resolution=base_resolution)
         self.data_name = data
         self.classes = self.source.classes
@@ -46,6 +48,7 @@ class ClassificationTask(Task):
         self.lr = lr
         self.weight_decay = weight_decay
         self.label_smoothing = label_smoothing
+        self.grad_clip = grad_clip
         self.limit_train = limit_train
         self.limit_val = limit_val
         self.device = torch.device(device)
@@ -56,7 +59,7 @@ class ClassificationTask(Task):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "data": self.data_name, "batch_size": self.batch_size, "lr": self.lr,
                 "weight_decay": self.weight_decay, "label_smoothing": self.label_smoothing,
-                "limit_train": self.limit_train, "limit_val": self.limit_val}
+                "grad_clip": self.grad_clip, "limit_train": self.limit_train, "limit_val": self.limit_val}
 
     # -- data -----------------------------------------------------------------------------------------------
 
@@ -80,10 +83,13 @@ class ClassificationTask(Task):
 
     def train_eval(self, model: nn.Module, *, input_size: int, epochs: int, seed: int,
                    on_epoch: EpochCallback | None = None) -> dict[str, float]:
-        """Re-initialises `model` from `seed`, trains it for `epochs` and returns validation metrics.
+        """Re-initialises `model` from `seed`, trains it for `epochs` and returns validation metrics:
+        "accuracy" (top-1, %), "loss" (validation cross-entropy), "train_loss", "train_seconds".
 
-        The weights are re-drawn (every submodule's `reset_parameters`) so that a trial's result depends
-        on its architecture and seed only, not on the RNG state in which the caller built the model.
+        The weights are re-drawn by every submodule's `reset_parameters()`, innermost first, so that a
+        trial's result depends on its architecture and seed only, not on the RNG state in which the caller
+        built the model (a model whose own init lives in a `reset_parameters()` keeps that init).
+        Raises FloatingPointError when the loss turns NaN or infinite.
         """
         previous_threads = torch.get_num_threads()
         if self.threads:
@@ -101,16 +107,11 @@ class ClassificationTask(Task):
                     on_epoch: EpochCallback | None) -> dict[str, float]:
         data = self.data()
         train_x, val_x = self._at_size(input_size)
-        mean, std = _channel_stats(train_x)
+        mean, std = (t.to(self.device) for t in _channel_stats(train_x))
         gen = torch.Generator().manual_seed(seed)
-        fmt = torch.channels_last
-        model = model.to(self.device, memory_format=fmt)
-        decay, no_decay = _param_groups(model)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+        model = model.to(self.device, memory_format=torch.channels_last)  # 2-5x faster convs on CPU
         steps_per_epoch = math.ceil(len(train_x) / self.batch_size)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, epochs=epochs,
-                                                       steps_per_epoch=steps_per_epoch, pct_start=0.25)
+        optimizer, schedule = self._optimizer(model, epochs * steps_per_epoch)
         start = time.perf_counter()
         metrics: dict[str, float] = {}
         for epoch in range(epochs):
@@ -128,6 +129,8 @@ class ClassificationTask(Task):
                         f"(lr {schedule.get_last_lr()[0]:.3g}); try a lower lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
                 optimizer.step()
                 schedule.step()
                 total += loss.item() * len(idx)
@@ -137,6 +140,18 @@ class ClassificationTask(Task):
             if on_epoch is not None:
                 on_epoch(epoch + 1, dict(metrics))
         return metrics
+
+    def _optimizer(self, model: nn.Module, steps: int) -> tuple[torch.optim.Optimizer, Any]:
+        """AdamW, one-cycle: a short warm-up (a tenth of the steps), then cosine annealing to zero.
+
+        The short warm-up matters: with a quarter of the steps, small nets sat at chance through the
+        first epoch, and when they left it varied from seed to seed (the proxy's main noise)."""
+        decay, no_decay = _param_groups(model)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=steps,
+                                                       pct_start=0.1)
+        return optimizer, schedule
 
     def _prepare(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
@@ -192,7 +207,8 @@ def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _reinitialise(model: nn.Module) -> None:
-    for module in model.modules():
+    """Calls every `reset_parameters()`, children before their parents (reversed pre-order)."""
+    for module in reversed(list(model.modules())):
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             reset()

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pickle
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ TEXTURES: dict[str, tuple[str, float, float]] = {
     "bars-90-p3": ("bars", 90.0, 3.0),
 }
 MAX_RADIUS = 20.0  # of the textured object, in pixels of the 64-pixel image
+GENERATOR_VERSION = 2  # bump with any change to the drawing code: it keys the disk cache
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ class SyntheticSpec:
     noise: float = 0.04  # std of the per-pixel Gaussian noise, on the 0..1 scale
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the parameters and of the class table and generator version they are drawn with."""
+        described = {**asdict(self), "textures": TEXTURES, "generator": GENERATOR_VERSION}
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _pattern(family: str, u: torch.Tensor, v: torch.Tensor, period: torch.Tensor) -> torch.Tensor:
@@ -232,14 +236,14 @@ FOLDER_EXPECTED = "expected PATH/train/<class>/*.png|jpg and PATH/val/<class>/..
 VAL_FRACTION = 0.2  # of a single image-folder tree, chosen by a hash of each file's path
 
 
-class Source:
+class Source(ABC):
     """A named data source: its class names and default side are known before any pixel is read."""
 
     classes: tuple[str, ...]
     resolution: int
 
-    def load(self) -> ImageData:
-        raise NotImplementedError
+    @abstractmethod
+    def load(self) -> ImageData: ...
 
 
 class SyntheticSource(Source):
