@@ -96,3 +96,15 @@ def test_ctrl_c_stops_cleanly_and_writes_the_report(tmp_path, monkeypatch):
     assert events[-1]["event"] == "end" and events[-1]["reason"] == "interrupted"
     json.dumps(events)
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.parametrize("data,needle", [
+    ("cifar10:/nonexistent/cifar", "/nonexistent/cifar"),
+    ("folder:/nonexistent/images", "/nonexistent/images"),
+    ("imagenet:/x", "imagenet"),
+])
+def test_bad_data_path_for_the_classification_task(tmp_path, capsys, data, needle):
+    assert run_cli(["search", "tinynet", "--flops", "24M", "--data", data, "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("nasplat: error:") and needle in err, err
+    assert not (tmp_path / "runs").exists()
