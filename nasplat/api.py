@@ -92,17 +92,17 @@ def dry_run(config: SearchConfig, *, samples: int = 8) -> DryRun:
     space = SPACES.create(config.space, **config.space_options)
     _check_budgets(space, config.constraints)
     rng = random.Random(config.seed)
-    costs = [measure(space, space.complete(space.sample(rng), constraints=config.constraints))
-             for _ in range(samples)]
-    feasible = sum(all(c.holds(x) for c in config.constraints) for x in costs)
+    archs = [space.complete(space.sample(rng), constraints=config.constraints) for _ in range(samples)]
+    costs = [measure(space, arch) for arch in archs]
+    feasible = [a for a, x in zip(archs, costs) if all(c.holds(x) for c in config.constraints)]
     task = build_task(config, space)
     seconds = None
-    if hasattr(task, "estimate_seconds"):
-        arch = space.complete(space.sample(rng), constraints=config.constraints)
-        epochs = config.epochs or task.default_epochs
+    if hasattr(task, "estimate_seconds"):  # trained trials only: infeasible ones are rejected before training
+        arch = feasible[0] if feasible else space.smallest()
         seconds = task.estimate_seconds(space.build(arch, num_classes=task.num_classes),
-                                        input_size=task.input_size(space.proxy_scale(arch)), epochs=epochs)
+                                        input_size=task.input_size(space.proxy_scale(arch)),
+                                        epochs=config.epochs or task.default_epochs)
     return DryRun(space.size(), {k: str(p) for k, p in space.parameters().items()},
                   (min(x["macs"] for x in costs), max(x["macs"] for x in costs)),
                   (min(x["params"] for x in costs), max(x["params"] for x in costs)),
-                  feasible / samples, measure(space, space.smallest()), seconds)
+                  len(feasible) / samples, measure(space, space.smallest()), seconds)

@@ -108,3 +108,25 @@ def test_bad_data_path_for_the_classification_task(tmp_path, capsys, data, needl
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("nasplat: error:") and needle in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_trains_nothing_and_writes_nothing(tmp_path, capsys):
+    assert run_cli(["search", "toy", "--flops", "1M", "--dry-run", "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "space toy" in out and "width {4, 8, 16}" in out and "MACs <= 1M" in out and "feasible" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_classification_estimates_its_training_time(monkeypatch):
+    """Timed probe steps x steps per epoch x (epochs + evaluation); the clock is faked, so no timing flakes."""
+    import itertools
+
+    from nasplat.registry import SPACES, TASKS
+    from nasplat.tasks import classification
+
+    space, task = SPACES.create("tinynet"), TASKS.create("classification", limit_train=512, limit_val=128)
+    model = space.build(space.arch({"r": 0.4, "d": 0.4, "w": 0.4}), num_classes=task.num_classes)
+    ticks = itertools.count(0.0, 0.3)  # each clock reading 0.3 s after the last: probe of 3 steps takes 0.3 s
+    monkeypatch.setattr(classification.time, "perf_counter", lambda: next(ticks))
+    estimate = task.estimate_seconds(model, input_size=task.input_size(0.4), epochs=3)
+    assert estimate == pytest.approx(0.1 * (512 / task.batch_size) * (3 + 1 / 3))

@@ -6,6 +6,7 @@ kept, so trials at the same size share the work.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import OrderedDict
@@ -140,6 +141,26 @@ class ClassificationTask(Task):
             if on_epoch is not None:
                 on_epoch(epoch + 1, dict(metrics))
         return metrics
+
+    def estimate_seconds(self, model: nn.Module, *, input_size: int, epochs: int, probe_steps: int = 3) -> float:
+        """Wall seconds `train_eval` would take, from timing a few training steps on random batches
+        (evaluation is counted as a third of a training epoch: a forward pass over a quarter of the data)."""
+        data = self.data()
+        model = copy.deepcopy(model).to(self.device, memory_format=torch.channels_last).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr)
+        x = torch.randn(self.batch_size, 3, input_size, input_size, device=self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, self.num_classes, (self.batch_size,), device=self.device)
+        for step in range(probe_steps + 2):  # two steps warm up the allocator and kernels
+            if step == 2:
+                start = time.perf_counter()
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        per_step = (time.perf_counter() - start) / probe_steps
+        steps_per_epoch = math.ceil(len(data.train_x) / self.batch_size)
+        return per_step * steps_per_epoch * (epochs + 1 / 3)
 
     def _optimizer(self, model: nn.Module, steps: int) -> tuple[torch.optim.Optimizer, Any]:
         """AdamW, one-cycle: a short warm-up (a tenth of the steps), then cosine annealing to zero.
