@@ -155,8 +155,8 @@ def main() -> None:
     groups = architectures(space, cache, args.archs)
     start = time.perf_counter()
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in groups}
-    for seed in range(args.seeds):  # every architecture once before any twice: partial runs already tell
-        for name, archs in groups.items():
+    for name, archs in groups.items():  # a group's every architecture once before any twice
+        for seed in range(args.seeds):
             for budget, arch in archs:
                 key = f"result/{arch.key()}/{seed}"
                 if cache.get(key) is None:
