@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the section from the cached results (unfinished groups say so)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     OUT.mkdir(exist_ok=True)
@@ -159,18 +161,28 @@ def main() -> None:
         for seed in range(args.seeds):
             for budget, arch in archs:
                 key = f"result/{arch.key()}/{seed}"
-                if cache.get(key) is None:
+                if cache.get(key) is None and not args.report_only:
                     result = train(space, task, arch, seed, args.epochs)
                     cache.put(key, result)
                     print(f"[{time.perf_counter() - start:6.0f}s] {name} {budget / 1e6:.0f}M "
                           f"{space.describe(arch).split(' |')[0]} seed {seed}: {result['accuracy']:.1f}% "
                           f"in {result['train_seconds']:.1f}s", flush=True)
+    missing: dict[str, int] = {}
     for name, archs in groups.items():
         for budget, arch in archs:
             results = [cache.get(f"result/{arch.key()}/{seed}") for seed in range(args.seeds)]
+            if None in results:
+                missing[name] = missing.get(name, 0) + results.count(None)
+                continue
             rows[name].append({"budget": budget, "arch": arch, "macs": measure(space, arch)["macs"],
                                "accuracy": [r["accuracy"] for r in results],
                                "seconds": [r["train_seconds"] for r in results]})
+
+    def group_summary(name: str) -> str:
+        if name in missing:
+            return (f"Not finished: {missing[name]} of {args.archs * args.seeds} trainings still to run "
+                    "(rerun this script; it resumes from its cache).")
+        return summarise(space, task, rows[name], args.seeds)
 
     spec = SyntheticSpec()
     recipe = task.describe()
@@ -189,11 +201,11 @@ def main() -> None:
         "",
         f"### {args.archs} architectures, one per budget, log-spaced from 10M to 100M MACs",
         "",
-        summarise(space, task, rows["budgets"], args.seeds),
+        group_summary("budgets"),
         "",
         f"### {args.archs} architectures at 24M MACs",
         "",
-        summarise(space, task, rows["24M"], args.seeds),
+        group_summary("24M"),
     ])
     write_section(SECTION, body)
     print(body)
