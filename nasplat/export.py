@@ -67,12 +67,12 @@ def export_bundle(model: nn.Module | None, arch: Arch, space: SearchSpace, *, ou
     shape = tuple(int(n) for n in input_shape)
     temps = {f: out / f".{FILES[f]}.tmp-{os.getpid()}" for f in wanted}
     try:
-        with _quiet_torch():
+        with quiet_torch():
             if "weights" in temps:
                 _write_weights(model, arch, temps["weights"])
             if "torchscript" in temps:
                 _write_torchscript(model, temps["torchscript"], shape)
-            how = _write_onnx(model, temps["onnx"], shape) if "onnx" in temps else {}
+            how = write_onnx(model, temps["onnx"], shape) if "onnx" in temps else {}
             verified = {**_verify(model, temps, shape, final={f: out / FILES[f] for f in wanted}), **how} \
                 if model is not None else {}
         from . import __version__
@@ -257,7 +257,7 @@ def _write_torchscript(model: nn.Module, path: Path, shape: tuple[int, ...]) -> 
     torch.jit.save(traced, str(path))
 
 
-def _write_onnx(model: nn.Module, path: Path, shape: tuple[int, ...]) -> dict[str, Any]:
+def write_onnx(model: nn.Module, path: Path, shape: tuple[int, ...]) -> dict[str, Any]:
     """torch.export-based ("dynamo") export, the supported path since torch 2.9, with a dynamic batch
     axis; a model torch.export cannot capture falls back to the deprecated TorchScript-based exporter.
     Returns how the file was made, for arch.json's "verified"."""
@@ -331,7 +331,7 @@ def _leaves(output: Any) -> list[torch.Tensor]:
 
 
 @contextlib.contextmanager
-def _quiet_torch() -> Iterator[None]:
+def quiet_torch() -> Iterator[None]:
     """TorchScript is deprecated in torch 2.13 and the ONNX exporter logs about optional packages
     (torchvision); both are expected here, so neither should reach the user on every export."""
     logger = logging.getLogger("torch.onnx")

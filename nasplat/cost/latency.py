@@ -1,0 +1,307 @@
+"""Latency measured on the device that will run the model, under a protocol recorded with every figure.
+
+A `Protocol` names where (`cpu`, `cuda[:N]`, or `ray:<resource>[:cuda]`, a Ray task pinned to the node that
+advertises the custom resource), with what runtime (`torch` eager or `onnxruntime`), at what batch and with
+how many threads, and how: warm-up runs, then timed runs through `torch.utils.benchmark` (which synchronises
+CUDA around its timer) until `seconds` have passed, in `rounds` separated rounds.
+
+Why rounds and a median of round medians: on a shared machine one round's median moves with whatever else
+runs at that moment (repeated medians of 30 runs varied by up to 21% here), while the median over rounds
+spread in time rejects a round that a neighbour disturbed. Every figure carries the machine's fingerprint;
+figures are cached per (fingerprint, protocol, space, architecture).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..arch import Arch
+    from ..space import SearchSpace
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+class LatencyError(ValueError):
+    """A device or runtime that cannot measure here (one line for the CLI)."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a latency figure is taken; recorded with it. `threads` are intra-op threads (CPU)."""
+
+    device: str = "cpu"
+    runtime: str = "torch"
+    batch: int = 1
+    threads: int = 1
+    warmup: int = 10  # untimed runs first (allocators, caches, cuDNN's autotuning)
+    rounds: int = 5  # timed rounds, spread in time; the figure is the median of their medians
+    seconds: float = 0.2  # timed run time per round (at least one run per round)
+
+    def __post_init__(self) -> None:
+        parse_device(self.device)
+        if self.runtime not in RUNTIMES:
+            raise LatencyError(f"unknown latency runtime {self.runtime!r}; known: {', '.join(RUNTIMES)}")
+        for name in ("batch", "threads", "rounds"):
+            if getattr(self, name) < 1:
+                raise LatencyError(f"latency {name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup < 0 or not self.seconds > 0:
+            raise LatencyError(f"latency warmup must be >= 0 and seconds > 0, got {self.warmup} and {self.seconds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Protocol:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def remote(self) -> str | None:
+        """The Ray resource of a `ray:` device, else None."""
+        return parse_device(self.device)[0]
+
+    def on_node(self) -> Protocol:
+        """The protocol as the node that runs it applies it: `ray:edge:cuda` becomes `cuda` there."""
+        return replace(self, device=parse_device(self.device)[1])
+
+
+def parse_device(text: str) -> tuple[str | None, str]:
+    """'cpu' -> (None, 'cpu'); 'cuda:1' -> (None, 'cuda:1'); 'ray:edge' -> ('edge', 'cpu');
+    'ray:edge:cuda' -> ('edge', 'cuda'). Raises LatencyError naming the accepted forms."""
+    remote, _, local = text.partition(":") if text.startswith("ray:") else (None, "", text)
+    if remote is not None:
+        remote, _, local = local.partition(":")
+        local = local or "cpu"
+        if not remote:
+            raise LatencyError("--device ray: needs a resource name, e.g. ray:jetson (the node started with "
+                               "`ray start --resources '{\"jetson\": 1}'`)")
+    kind, _, index = local.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise LatencyError(f"unknown latency device {text!r}; use cpu, cuda, cuda:N or ray:<resource>[:cuda]")
+    return remote, local
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One measured figure: milliseconds per batch (median of round medians), its spread, how and where."""
+
+    ms: float
+    spread: float  # (max - min) / median of the round medians: how far the rounds disagreed
+    rounds_ms: tuple[float, ...]
+    runs: int  # timed runs in all
+    input_shape: tuple[int, ...]
+    protocol: Protocol
+    fingerprint: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ms": self.ms, "spread": self.spread, "rounds_ms": list(self.rounds_ms), "runs": self.runs,
+                "input_shape": list(self.input_shape), "protocol": self.protocol.to_dict(),
+                "fingerprint": dict(self.fingerprint)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Latency:
+        return cls(float(data["ms"]), float(data["spread"]), tuple(data["rounds_ms"]), int(data["runs"]),
+                   tuple(data["input_shape"]), Protocol.from_dict(data["protocol"]), dict(data["fingerprint"]))
+
+
+@cache
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def fingerprint(protocol: Protocol) -> dict[str, Any]:
+    """What the figure depends on besides the model: the hardware, the software, and the protocol's
+    device, runtime and threads. Measured here, so a `ray:` device's comes back from its node."""
+    device = protocol.on_node().device
+    gpu = None
+    if device.startswith("cuda"):
+        _check_cuda(device)
+        gpu = torch.cuda.get_device_name(torch.device(device))
+    ort = None
+    if protocol.runtime == "onnxruntime":
+        import onnxruntime
+
+        ort = onnxruntime.__version__
+    return {"cpu": _cpu_model(), "cpus": os.cpu_count(), "machine": platform.machine(), "gpu": gpu,
+            "torch": torch.__version__, "onnxruntime": ort, "device": device.split(":")[0],
+            "runtime": protocol.runtime, "threads": protocol.threads}
+
+
+def fingerprint_key(print_: Mapping[str, Any]) -> str:
+    """A short stable digest of a fingerprint, for cache keys and file names."""
+    return hashlib.sha256(json.dumps(dict(print_), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def describe_fingerprint(print_: Mapping[str, Any]) -> str:
+    where = print_.get("gpu") or f"{print_.get('cpu')} ({print_.get('threads')} thread(s))"
+    software = f"torch {print_.get('torch')}" + (f", onnxruntime {print_['onnxruntime']}"
+                                                 if print_.get("onnxruntime") else "")
+    return f"{print_.get('runtime')} on {where}, {software}"
+
+
+def _check_cuda(device: str) -> None:
+    if not torch.cuda.is_available():
+        raise LatencyError(f"--device {device}: this machine has no CUDA GPU that torch can use "
+                           f"(torch {torch.__version__}); measure on cpu, or on a GPU node with ray:<resource>:cuda")
+    index = torch.device(device).index or 0
+    if index >= torch.cuda.device_count():
+        raise LatencyError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _torch_runner(model: nn.Module, x: torch.Tensor, protocol: Protocol) -> Callable[[], Any]:
+    device = torch.device(protocol.device)
+    model = model.to(device).eval()
+    x = x.to(device)
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(x)
+    return run
+
+
+def _onnxruntime_runner(model: nn.Module, x: torch.Tensor, protocol: Protocol) -> Callable[[], Any]:
+    import onnxruntime
+
+    from ..export import quiet_torch, write_onnx
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = protocol.threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if protocol.device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise LatencyError("--runtime onnxruntime --device cuda needs onnxruntime-gpu (this onnxruntime has "
+                               f"{', '.join(onnxruntime.get_available_providers())})")
+        index = torch.device(protocol.device).index or 0
+        providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    with tempfile.TemporaryDirectory() as tmp, quiet_torch():
+        path = Path(tmp) / "model.onnx"
+        write_onnx(model.cpu().eval(), path, tuple(x.shape))
+        session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+    feed = {"input": x.cpu().numpy()}
+    return lambda: session.run(None, feed)
+
+
+RUNNERS: dict[str, Callable[[nn.Module, torch.Tensor, Protocol], Callable[[], Any]]] = {
+    "torch": _torch_runner, "onnxruntime": _onnxruntime_runner}
+
+
+def measure_model(model: nn.Module, input_shape: tuple[int, ...], *, protocol: Protocol) -> Latency:
+    """Times `model` on this machine on a random batch of `input_shape` (batch replaced by the protocol's)."""
+    from torch.utils import benchmark
+
+    if protocol.remote:
+        raise LatencyError(f"measure_model runs here; a {protocol.device} device measures an architecture "
+                           f"(measure_arch) on its node")
+    print_ = fingerprint(protocol)
+    shape = (protocol.batch, *input_shape[1:])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with _threads(protocol.threads):
+        run = RUNNERS[protocol.runtime](model, x, protocol)
+        for _ in range(protocol.warmup):
+            run()
+        timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=protocol.threads)
+        medians, runs = [], 0
+        for _ in range(protocol.rounds):
+            measured = timer.blocked_autorange(min_run_time=protocol.seconds)
+            medians.append(measured.median * 1e3)
+            runs += len(measured.times) * measured.number_per_run
+    ms = statistics.median(medians)
+    return Latency(ms, (max(medians) - min(medians)) / ms, tuple(medians), runs, shape, protocol, print_)
+
+
+_CACHE: dict[tuple[str, ...], Latency] = {}
+
+
+def _cache_key(space: SearchSpace, arch: Arch, protocol: Protocol) -> tuple[str, ...]:
+    # a ray: device is named by its resource; its node's fingerprint is known only once it has answered
+    where = f"ray:{protocol.device}" if protocol.remote else fingerprint_key(fingerprint(protocol))
+    return (where, json.dumps(protocol.to_dict(), sort_keys=True), space.name,
+            repr(sorted(space.options.items())), arch.key())
+
+
+def measure_arch(space: SearchSpace, arch: Arch, *, protocol: Protocol) -> Latency:
+    """The latency of `arch` built at its target configuration, on the protocol's device (cached)."""
+    key = _cache_key(space, arch, protocol)
+    if key not in _CACHE:
+        if protocol.remote:
+            _CACHE[key] = _measure_on_ray(space, arch, protocol)
+        else:
+            target = space.target(arch)
+            _CACHE[key] = measure_model(space.build(arch, num_classes=target.num_classes), target.input_shape,
+                                        protocol=protocol)
+    return _CACHE[key]
+
+
+def _measure_remote(space_name: str, space_options: dict[str, Any], arch_json: str,
+                    protocol: dict[str, Any]) -> dict[str, Any]:
+    """What a Ray node runs: build the architecture from the registry and time it there."""
+    from ..arch import Arch
+    from ..registry import SPACES
+
+    space = SPACES.create(space_name, **space_options)
+    arch = Arch.from_json(arch_json)
+    target = space.target(arch)
+    model = space.build(arch, num_classes=target.num_classes)
+    return measure_model(model, target.input_shape, protocol=Protocol.from_dict(protocol)).to_dict()
+
+
+def _measure_on_ray(space: SearchSpace, arch: Arch, protocol: Protocol) -> Latency:
+    """Runs the measurement as a Ray task that needs one unit of the custom resource, so Ray places it on
+    the node started with `ray start --resources '{"<resource>": 1}'`; the figure's fingerprint is that
+    node's. Joins the running cluster (RAY_ADDRESS, or the local one) unless Ray is already initialised."""
+    import ray
+
+    resource = protocol.remote
+    if not ray.is_initialized():
+        try:
+            ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False, logging_level="ERROR")
+        except ConnectionError as exc:
+            raise LatencyError(f"--device {protocol.device}: no Ray cluster to join ({exc}); start one with "
+                               f"`ray start --head --resources '{{\"{resource}\": 1}}'` or set RAY_ADDRESS") from None
+    if ray.cluster_resources().get(resource, 0) < 1:
+        known = sorted(k for k in ray.cluster_resources() if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                       and not k.startswith("node:"))
+        raise LatencyError(f"--device {protocol.device}: no node of the Ray cluster advertises the resource "
+                           f"{resource!r} (custom resources: {', '.join(known) or 'none'}); start one with "
+                           f"`ray start --address ... --resources '{{\"{resource}\": 1}}'`")
+    on_node = protocol.on_node()
+    task = ray.remote(_measure_remote).options(
+        resources={resource: 1}, num_cpus=protocol.threads if on_node.device == "cpu" else 0,
+        num_gpus=1 if on_node.device.startswith("cuda") else 0, max_retries=1)
+    ref = task.remote(space.name, dict(space.options), arch.to_json(), on_node.to_dict())
+    figure = Latency.from_dict(ray.get(ref))
+    return replace(figure, protocol=protocol)
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
+
