@@ -9,29 +9,29 @@ from typing import Any
 
 from rich.console import Console
 
-from .constraints import Constraint, METRICS
-from .cost import measure
+from .constraints import FLAGS, METRICS, Constraint, format_metric
+from .cost import CostModel, measure
 from .registry import SPACES, STRATEGIES
 from .run import DEFAULT_TRIALS, RunDir, SearchConfig
 from .runner.budget import check_budget
-from .runner.components import build_components, build_task
+from .runner.components import build_components, build_costs, build_task
 from .runner.local import SearchOutcome, run_search
 from .space import SearchSpace
-from .units import format_count, parse_time
+from .units import parse_time
 
 
-def _check_budgets(space: SearchSpace, constraints: Sequence[Constraint]) -> None:
+def _check_budgets(space: SearchSpace, constraints: Sequence[Constraint], costs: CostModel) -> None:
     """A budget that not even the smallest architecture meets is an input error, not an empty search."""
     if not constraints:
         return
     smallest = space.smallest()
-    costs = measure(space, smallest)
+    found = costs(space, smallest)
     for c in constraints:
-        if not c.holds(costs):
-            flag = "--flops" if c.metric == "macs" else f"--{c.metric}"
-            raise ValueError(f"{flag} {format_count(c.limit)} is below the smallest {space.name} architecture "
-                             f"({space.describe(smallest).split(' | ')[0]}: {METRICS[c.metric]} "
-                             f"{format_count(costs[c.metric])}); give at least {format_count(costs[c.metric])}")
+        if not c.holds(found):
+            value = format_metric(c.metric, found[c.metric])
+            raise ValueError(f"{FLAGS[c.metric]} {format_metric(c.metric, c.limit)} is below the smallest "
+                             f"{space.name} architecture ({space.describe(smallest).split(' | ')[0]}: "
+                             f"{METRICS[c.metric]} {value}); give at least {value}")
 
 
 def start(config: SearchConfig, *, console: Console | None = None, sync: bool = True,
@@ -41,17 +41,20 @@ def start(config: SearchConfig, *, console: Console | None = None, sync: bool = 
     `sync=False` and `report=False` suit searches that are cheap to redo, such as a benchmark's table
     lookups (see RunDir and run_search)."""
     space = SPACES.create(config.space, **config.space_options)
-    STRATEGIES.get(config.strategy)
+    STRATEGIES.get(config.strategy).takes(config.objectives)
     task = build_task(config, space)
     check_budget(config.budget, task)
-    _check_budgets(space, config.constraints)
+    costs = build_costs(config)
+    _check_budgets(space, config.constraints, costs)
     run = RunDir.create(config, sync=sync)
-    components = build_components(config, run, space=space, task=task)
+    components = build_components(config, run, space=space, task=task, costs=costs)
     return run_search(run, console=console, components=components, report=report)
 
 
 def search(space: str, *, strategy: str = "bayesian", flops: str | float | None = None,
-           params: str | float | None = None, trials: int | None = None, epochs: int | None = None,
+           params: str | float | None = None, latency: str | float | None = None,
+           objectives: Sequence[str] = ("accuracy",), latency_protocol: dict[str, Any] | None = None,
+           lut: str | Path | None = None, trials: int | None = None, epochs: int | None = None,
            timeout: float | None = None, budget: str | float | None = None, seed: int = 0,
            out: str | Path = "runs", task: str | None = None, data: str | None = None,
            initial: Sequence[dict[str, Any]] = (), strategy_options: dict[str, Any] | None = None,
@@ -59,15 +62,19 @@ def search(space: str, *, strategy: str = "bayesian", flops: str | float | None 
            console: Console | None = None) -> SearchOutcome:
     """Runs a search and returns its outcome; `nasplat search` with the same arguments does the same.
 
-    `trials` defaults to 8, or, under a simulated `budget` ("12000s"), to as many as the budget allows."""
-    constraints = [Constraint.parse(m, v) for m, v in (("macs", flops), ("params", params)) if v is not None]
+    `trials` defaults to 8, or, under a simulated `budget` ("12000s"), to as many as the budget allows.
+    `latency` ("5ms") is measured as `latency_protocol` says (a nasplat.cost.latency.Protocol as a dict:
+    device, runtime, batch, threads; CPU, torch, batch 1, one thread by default)."""
+    constraints = [Constraint.parse(m, v) for m, v in (("macs", flops), ("params", params), ("latency", latency))
+                   if v is not None]
     seconds = parse_time(budget, what="budget") if budget is not None else None
     trials = trials if trials is not None else (None if seconds is not None else DEFAULT_TRIALS)
     config = SearchConfig(space=space, strategy=strategy, task=task, constraints=constraints, trials=trials,
                           epochs=epochs, timeout=timeout, budget=seconds, seed=seed, out=str(out),
                           initial=list(initial),
                           space_options=dict(space_options or {}), strategy_options=dict(strategy_options or {}),
-                          task_options={**(task_options or {}), **({"data": data} if data else {})})
+                          task_options={**(task_options or {}), **({"data": data} if data else {})},
+                          objectives=list(objectives), latency=latency_protocol, lut=str(lut) if lut else None)
     return start(config, console=console)
 
 
@@ -90,10 +97,12 @@ class DryRun:
 def dry_run(config: SearchConfig, *, samples: int = 8) -> DryRun:
     """What a search would face, without training: space size, cost range of random samples, feasibility."""
     space = SPACES.create(config.space, **config.space_options)
-    _check_budgets(space, config.constraints)
+    cost_model = build_costs(config)
+    _check_budgets(space, config.constraints, cost_model)
     rng = random.Random(config.seed)
-    archs = [space.complete(space.sample(rng), constraints=config.constraints) for _ in range(samples)]
-    costs = [measure(space, arch) for arch in archs]
+    archs = [space.complete(space.sample(rng), constraints=config.constraints, costs=cost_model)
+             for _ in range(samples)]
+    costs = [cost_model(space, arch) for arch in archs]
     feasible = [a for a, x in zip(archs, costs) if all(c.holds(x) for c in config.constraints)]
     task = build_task(config, space)
     seconds = None

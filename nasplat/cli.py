@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # flags whose values may start with '-' (a negative budget is bad input to report, not an unknown option)
-_VALUE_FLAGS = ("--flops", "--params", "--timeout", "--budget", "--seed")
+_VALUE_FLAGS = ("--flops", "--params", "--latency", "--timeout", "--budget", "--seed")
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:
@@ -74,7 +74,17 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
     if not args.space:
         raise UsageError("name a search space (nasplat search SPACE ...), or give --config or --resume; "
                          "`nasplat list` shows the spaces")
-    constraints = [Constraint.parse(m, v) for m, v in (("macs", args.flops), ("params", args.params)) if v]
+    constraints = [Constraint.parse(m, v) for m, v in
+                   (("macs", args.flops), ("params", args.params), ("latency", args.latency)) if v]
+    objectives = [o.strip() for o in args.objective.split(",") if o.strip()]
+    protocol = {k: v for k, v in (("device", args.device), ("runtime", args.runtime), ("batch", args.latency_batch),
+                                  ("threads", args.latency_threads)) if v is not None}
+    if (protocol or args.lut) and not args.latency and "latency" not in objectives:
+        given = ", ".join(f"--{k.replace('batch', 'latency-batch').replace('threads', 'latency-threads')}"
+                          for k in protocol) or "--lut"
+        raise UsageError(f"{given} set(s) how latency is measured, but nothing asks for latency: add a limit "
+                         f"(--latency 5ms) or --objective accuracy,latency")
+    task_options = {k: v for k, v in (("data", args.data), ("device", args.train_device)) if v}
     strategy_options = {"sampler": args.sampler} if args.sampler else {}
     initial = []
     if args.prior:
@@ -86,8 +96,8 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig(space=args.space, strategy=args.strategy, task=args.task, constraints=constraints,
                         trials=trials, epochs=args.epochs, timeout=parse_time(args.timeout, what="--timeout")
                         if args.timeout else None, budget=budget, seed=args.seed, out=args.out or "runs",
-                        initial=initial, strategy_options=strategy_options,
-                        task_options={"data": args.data} if args.data else {})
+                        initial=initial, strategy_options=strategy_options, task_options=task_options,
+                        objectives=objectives, latency=protocol or None, lut=args.lut)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -199,6 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", help="bayesian only: tpe | gp | cmaes | nsga2 | random (default tpe)")
     s.add_argument("--flops", help="MAC budget, e.g. 24M (the papers' FLOPs; fvcore conv/linear/matmul MACs)")
     s.add_argument("--params", help="parameter budget, e.g. 3M")
+    s.add_argument("--latency", help="latency limit on --device at batch --latency-batch, e.g. 5ms; checked before "
+                                     "training (predicted with --lut, else measured) and measured on the result")
+    s.add_argument("--objective", default="accuracy",
+                   help="accuracy, or accuracy plus costs to minimise, e.g. accuracy,latency: best/ holds the most "
+                        "accurate feasible architecture, report/pareto/ the front (bayesian and random)")
+    s.add_argument("--device", help="where latency is measured: cpu (default), cuda, cuda:N, or ray:<resource>[:cuda] "
+                                    "(a Ray task on the node started with that custom resource)")
+    s.add_argument("--runtime", choices=["torch", "onnxruntime"], help="what runs the model for latency "
+                                                                     "(default torch)")
+    s.add_argument("--latency-batch", type=_positive_int, help="batch size of latency measurements (default 1)")
+    s.add_argument("--latency-threads", type=_positive_int, help="CPU threads of latency measurements (default 1)")
+    s.add_argument("--lut", help="a latency table from `nasplat latency build-lut`: rejects by predicted latency "
+                                 "before training")
+    s.add_argument("--train-device", help="where trials train: cpu (default) or cuda")
     s.add_argument("--trials", type=_positive_int,
                    help=f"evaluated trials (default {DEFAULT_TRIALS}; under --budget, as many as it allows)")
     s.add_argument("--epochs", type=_positive_int, help="epochs per trial (default: the task's)")
@@ -264,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list the registered spaces, strategies and tasks")
     ls.add_argument("pattern", nargs="?", default="*")
     ls.set_defaults(func=cmd_list)
+
+    from .latency_cli import add_latency_parser
+    add_latency_parser(sub)
     return parser
 
 

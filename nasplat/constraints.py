@@ -5,13 +5,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .units import format_count, parse_count
+from .units import format_count, format_ms, parse_count, parse_time
 
-# metric -> the label users see (the papers' "FLOPs" are multiply-accumulates: MACs)
+# metric -> the label users see (the papers' "FLOPs" are multiply-accumulates: MACs; latency is in ms)
 METRICS: dict[str, str] = {
     "macs": "MACs",
     "params": "params",
+    "latency": "latency",
 }
+FLAGS: dict[str, str] = {"macs": "--flops", "params": "--params", "latency": "--latency"}
+
+
+def format_metric(metric: str, value: float) -> str:
+    """A cost as users read it: 24.4M MACs, 2.1M params, 4.8ms latency."""
+    return format_ms(value) if metric == "latency" else format_count(value)
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class Constraint:
         return costs[self.metric] <= self.limit
 
     def __str__(self) -> str:
-        return f"{METRICS[self.metric]} <= {format_count(self.limit)}"
+        return f"{METRICS[self.metric]} <= {format_metric(self.metric, self.limit)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "limit": self.limit}
@@ -42,12 +49,15 @@ class Constraint:
 
     @classmethod
     def parse(cls, metric: str, text: str | float) -> Constraint:
-        return cls(metric, parse_count(text, what=f"--{'flops' if metric == 'macs' else metric} budget"))
+        """'24M' for MACs and params; '5ms' for latency (a bare number is seconds), kept in milliseconds."""
+        if metric == "latency":
+            return cls(metric, parse_time(text, what="--latency limit") * 1e3)
+        return cls(metric, parse_count(text, what=f"{FLAGS.get(metric, metric)} budget"))
 
 
 def violations(constraints: Sequence[Constraint], costs: Mapping[str, float]) -> list[str]:
     """Readable descriptions of the constraints that `costs` break (empty when feasible)."""
-    return [f"{METRICS[c.metric]} {format_count(costs[c.metric])} > {format_count(c.limit)}"
+    return [f"{METRICS[c.metric]} {format_metric(c.metric, costs[c.metric])} > {format_metric(c.metric, c.limit)}"
             for c in constraints if not c.holds(costs)]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .arch import Arch
-from .constraints import Constraint
+from .constraints import METRICS, Constraint, format_metric
 from .run import read_journal
 from .units import format_count
 
@@ -39,13 +39,26 @@ def best_result(results: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     return ranked[0] if ranked else None
 
 
-def pareto_front(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The ok results no other beats on both accuracy (higher) and MACs (lower), by increasing MACs."""
+def pareto_front(results: Sequence[Mapping[str, Any]], *,
+                 objectives: Sequence[str] = ("accuracy", "macs")) -> list[dict[str, Any]]:
+    """The ok results that no other dominates on `objectives` (accuracy higher, costs lower), ordered by the
+    second objective; of results with equal values, the earliest trial only."""
+    from .strategy import OBJECTIVES
+
+    def values(result: Mapping[str, Any]) -> tuple[float, ...]:  # every objective as if maximised
+        return tuple(_value(result, o) * (1 if OBJECTIVES[o] else -1) for o in objectives)
+
+    scored = [r for r in _scored(results) if all(math.isfinite(_value(r, o)) for o in objectives)]
     front: list[dict[str, Any]] = []
-    for result in sorted(_scored(results), key=lambda r: (_macs(r), -_accuracy(r), r["trial"])):
-        if not front or _accuracy(result) > _accuracy(front[-1]):
+    seen: set[tuple[float, ...]] = set()
+    for result in sorted(scored, key=lambda r: r["trial"]):
+        mine = values(result)
+        dominated = any(all(a >= b for a, b in zip(values(other), mine)) and values(other) != mine
+                        for other in scored)
+        if not dominated and mine not in seen:
+            seen.add(mine)
             front.append(result)
-    return front
+    return sorted(front, key=lambda r: tuple(_value(r, o) for o in objectives[1:2]) + (r["trial"],))
 
 
 def summary_text(run_dir: str | Path) -> str:
@@ -92,6 +105,11 @@ def _summary(run: _Run) -> str:
         f"- accuracy: {_accuracy(best):.2f}%",
         f"- MACs: {_count(metrics.get('macs'))}",
         f"- params: {_count(metrics.get('params'))}",
+        *([f"- latency: {format_metric('latency', metrics['latency'])} measured"
+           + (f" ({format_metric('latency', metrics['latency_predicted'])} predicted)"
+              if "latency_predicted" in metrics else "")] if "latency" in metrics else []),
+        *([f"- Pareto front of {', '.join(run.objectives)}: {len(pareto_front(run.results, objectives=run.objectives))}"
+           f" architectures in report/pareto/"] if len(run.objectives) > 1 else []),
         f"- target input shape: {run.target_shape(best['arch'])}",
         "",
         f"## Top {TOP}", "",
@@ -132,6 +150,10 @@ class _Run:
         config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
         events = read_journal(path / JOURNAL)
         return cls(path, config, events, trial_results(events), _read_best(path / "best" / "arch.json"))
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return tuple(self.config.get("objectives") or ("accuracy",))
 
     @property
     def space_name(self) -> str:
@@ -208,38 +230,42 @@ def _read_best(path: Path) -> dict[str, Any] | None:
 
 
 def _pareto_figure(run: _Run) -> Any:
+    """Accuracy against the run's cost objective (latency in an accuracy,latency search), else MACs."""
     from matplotlib.figure import Figure
 
+    cost = run.objectives[1] if len(run.objectives) > 1 else "macs"
+    label = {"macs": "MACs (fvcore 'flops')", "latency": "latency (ms)", "params": "params"}[cost]
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     ax = figure.add_subplot()
-    scored = [r for r in _scored(run.results) if _on_log_axis(r)]
-    infeasible = [r for r in run.results if r.get("status") == "infeasible" and _on_log_axis(r)]
-    limits = [c.limit for c in run.constraints if c.metric == "macs"]
+    scored = [r for r in _scored(run.results) if _on_log_axis(r, cost)]
+    infeasible = [r for r in run.results if r.get("status") == "infeasible" and _on_log_axis(r, cost)]
+    limits = [c.limit for c in run.constraints if c.metric == cost]
     if scored:
-        ax.scatter([_macs(r) for r in scored], [_accuracy(r) for r in scored], s=18, color="tab:blue",
+        ax.scatter([_value(r, cost) for r in scored], [_accuracy(r) for r in scored], s=18, color="tab:blue",
                    alpha=0.6, label="trial")
-        front = pareto_front(scored)
-        ax.plot([_macs(r) for r in front], [_accuracy(r) for r in front], "o-", color="tab:orange",
+        front = pareto_front(scored, objectives=("accuracy", cost))
+        ax.plot([_value(r, cost) for r in front], [_accuracy(r) for r in front], "o-", color="tab:orange",
                 drawstyle="steps-post", markersize=6, label="Pareto front")
     else:
         ax.set_ylim(0, 100)
         ax.text(0.5, 0.5, "no trial finished ok", ha="center", va="center", transform=ax.transAxes)
     best = run.best()
-    if best is not None and _on_log_axis(best):
-        ax.scatter([_macs(best)], [_accuracy(best)], marker="*", s=250, color="tab:red", zorder=5,
+    if best is not None and _on_log_axis(best, cost):
+        ax.scatter([_value(best, cost)], [_accuracy(best)], marker="*", s=250, color="tab:red", zorder=5,
                    label=f"best (trial {best['trial']})")
-    if infeasible:  # no accuracy: drawn along the bottom, at their MACs
-        ax.scatter([_macs(r) for r in infeasible], [0.03] * len(infeasible), marker="x", color="tab:gray",
+    if infeasible:  # no accuracy: drawn along the bottom, at their cost
+        ax.scatter([_value(r, cost) for r in infeasible], [0.03] * len(infeasible), marker="x", color="tab:gray",
                    transform=ax.get_xaxis_transform(), label="infeasible")
     for constraint in run.constraints:
-        if constraint.metric == "macs":
+        if constraint.metric == cost:
             ax.axvline(constraint.limit, linestyle="--", color="black", linewidth=1, label=str(constraint))
-    xs = [_macs(r) for r in scored + infeasible] + limits
+    xs = [_value(r, cost) for r in scored + infeasible] + limits
     ax.set_xscale("log")
-    ax.set_xlim(min(xs, default=1e6) / 1.3, max(xs, default=1e9) * 1.3)  # autoscale skips the bottom row
-    ax.set_xlabel("MACs (fvcore 'flops')")
+    default = (1, 100) if cost == "latency" else (1e6, 1e9)
+    ax.set_xlim(min(xs, default=default[0]) / 1.3, max(xs, default=default[1]) * 1.3)  # autoscale skips the bottom row
+    ax.set_xlabel(label)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{run.path.name}: accuracy vs MACs")
+    ax.set_title(f"{run.path.name}: accuracy vs {METRICS[cost]}")
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", loc="best")
@@ -304,13 +330,13 @@ def _accuracy(result: Mapping[str, Any]) -> float:
     return float(result["metrics"]["accuracy"])
 
 
-def _macs(result: Mapping[str, Any]) -> float:
-    macs = result.get("metrics", {}).get("macs")
-    return float(macs) if isinstance(macs, (int, float)) else math.inf
+def _value(result: Mapping[str, Any], metric: str) -> float:
+    value = result.get("metrics", {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) else math.inf
 
 
-def _on_log_axis(result: Mapping[str, Any]) -> bool:
-    return 0 < _macs(result) < math.inf
+def _on_log_axis(result: Mapping[str, Any], metric: str) -> bool:
+    return 0 < _value(result, metric) < math.inf
 
 
 def _count(value: Any) -> str:

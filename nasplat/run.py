@@ -48,10 +48,27 @@ class SearchConfig:
     space_options: dict[str, Any] = field(default_factory=dict)
     strategy_options: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
+    objectives: list[str] = field(default_factory=lambda: ["accuracy"])  # accuracy first; then costs to minimise
+    latency: dict[str, Any] | None = None  # the latency Protocol, where a constraint or an objective needs it
+    lut: str | None = None  # a latency lookup table (nasplat latency build-lut) to reject by before training
 
     def __post_init__(self) -> None:
+        from .cost.latency import Protocol
+        from .strategy import check_objectives
+
         if self.trials is None and self.budget is None and self.timeout is None:
             raise ValueError("a search without a number of trials needs a --budget or a --timeout to end it")
+        self.objectives = list(check_objectives(self.objectives))
+        if self.latency is None and self.needs_latency:
+            self.latency = Protocol().to_dict()
+        if self.latency is not None:
+            self.latency = Protocol.from_dict(self.latency).to_dict()  # checks the device and runtime
+        if self.lut is not None and self.latency is None:
+            raise ValueError("--lut predicts latency: give a --latency limit or --objective accuracy,latency too")
+
+    @property
+    def needs_latency(self) -> bool:
+        return "latency" in self.objectives or any(c.metric == "latency" for c in self.constraints)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # torch is heavy; only the methods that build models need it
     from torch import nn
 
     from .constraints import Constraint
+    from .cost import CostModel
+    from .cost.lut import Unit
 
 
 class Param(ABC):
@@ -171,8 +173,10 @@ class SearchSpace(ABC):
     @abstractmethod
     def target(self, arch: Arch) -> Target: ...
 
-    def complete(self, params: Mapping[str, Any], *, constraints: Sequence[Constraint] = ()) -> Arch:
-        """The Arch for searched parameter values; spaces with derived parameters override this."""
+    def complete(self, params: Mapping[str, Any], *, constraints: Sequence[Constraint] = (),
+                 costs: CostModel | None = None) -> Arch:
+        """The Arch for searched parameter values; spaces with derived parameters override this, solving them
+        against `constraints` with `costs` (the search's cost model; fvcore MACs and params when None)."""
         return self.arch(params)
 
     def arch(self, params: Mapping[str, Any]) -> Arch:
@@ -214,6 +218,17 @@ class SearchSpace(ABC):
     def smallest(self) -> Arch:
         """The cheapest architecture of the space (used to reject budgets no architecture meets)."""
         raise NotImplementedError(f"space {self.name!r} does not name its smallest architecture")
+
+    def latency_units(self, arch: Arch) -> list[Unit]:
+        """`arch` decomposed into the ops a latency lookup table keys (nasplat.cost.lut), in the order the
+        model runs them, together covering its whole forward pass at the target configuration."""
+        raise NotImplementedError(f"space {self.name!r} has no per-op decomposition; its latency can only be "
+                                  f"measured whole")
+
+    def latency_unit_space(self) -> Iterator[Unit]:
+        """Every distinct unit `latency_units` can return for an architecture of the space, each once."""
+        raise NotImplementedError(f"space {self.name!r} has no per-op decomposition; its latency can only be "
+                                  f"measured whole")
 
     def proxy_scale(self, arch: Arch) -> float:
         """Input size on the proxy task as a fraction of the task's base resolution."""

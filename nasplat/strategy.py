@@ -6,13 +6,28 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .arch import Arch
 
 if TYPE_CHECKING:
     from .constraints import Constraint
+    from .cost import CostModel
     from .space import SearchSpace
+
+# objective -> whether it is maximised; costs (the metrics of constraints) are minimised
+OBJECTIVES: dict[str, bool] = {"accuracy": True, "latency": False, "macs": False, "params": False}
+
+
+def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
+    """Objectives as a search takes them: known, none twice, and accuracy first (it picks best/)."""
+    objectives = tuple(objectives)
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown or not objectives or objectives[0] != "accuracy" or len(set(objectives)) != len(objectives):
+        raise ValueError(f"--objective {','.join(objectives)}: give accuracy first, then any of "
+                         f"{', '.join(o for o in OBJECTIVES if o != 'accuracy')}, each once "
+                         f"(e.g. accuracy,latency)")
+    return objectives
 
 Status = Literal["ok", "infeasible", "failed"]
 
@@ -66,21 +81,37 @@ class Strategy(ABC):
     The runner calls `ask()` for the next trial and `tell()` with its result; several trials may be in
     flight at once. `state()` is a JSON-able snapshot and `restore()` takes it back, so that a killed run
     resumes where it stopped. `initial` holds parameter sets to evaluate first (a prior, a warm start).
-    The objective, maximised, is `metric` of an `ok` result.
+    The objective, maximised, is `metric` of an `ok` result. A multi-objective search also names costs to
+    minimise (`objectives`, accuracy first); only strategies with `multi_objective` take more than one, and
+    the others are refused rather than left to ignore them. `costs` is the search's cost model, against which
+    a space completes the parameters it derives from the constraints.
     """
 
     name: str
     metric: str = "accuracy"
+    multi_objective: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, *, seed: int = 0, constraints: Sequence[Constraint] = (),
-                 initial: Sequence[Mapping[str, Any]] = (), workdir: Path | None = None):
+                 initial: Sequence[Mapping[str, Any]] = (), workdir: Path | None = None,
+                 objectives: Sequence[str] = ("accuracy",), costs: CostModel | None = None):
+        self.objectives = self.takes(objectives)
         self.space = space
         self.workdir = workdir  # the run directory, for strategies that keep files (Optuna's study)
         self.seed = seed
         self.constraints = tuple(constraints)
+        self.costs = costs
         self.initial = [dict(p) for p in initial]
         self.rng = random.Random(seed)
         self.next_id = 0
+
+    @classmethod
+    def takes(cls, objectives: Sequence[str]) -> tuple[str, ...]:
+        """The objectives checked, or ValueError for ones this strategy cannot search (before any run starts)."""
+        objectives = check_objectives(objectives)
+        if len(objectives) > 1 and not cls.multi_objective:
+            raise ValueError(f"strategy {cls.name!r} searches accuracy alone; for --objective "
+                             f"{','.join(objectives)} use bayesian (Optuna's TPE or NSGA-II) or random")
+        return objectives
 
     @abstractmethod
     def ask(self) -> Trial: ...
@@ -90,13 +121,17 @@ class Strategy(ABC):
 
     def _trial(self, params: Mapping[str, Any]) -> Trial:
         """A new trial for searched parameter values, completed into an Arch by the space."""
-        trial = Trial(self.next_id, self.space.complete(params, constraints=self.constraints))
+        trial = Trial(self.next_id, self.space.complete(params, constraints=self.constraints, costs=self.costs))
         self.next_id += 1
         return trial
 
     def score(self, result: Result) -> float | None:
         """The maximised objective, None for infeasible or failed trials."""
         return float(result.metrics[self.metric]) if result.ok else None
+
+    def values(self, result: Result) -> tuple[float, ...] | None:
+        """The objectives of an ok result in `objectives` order (None for infeasible or failed trials)."""
+        return tuple(float(result.metrics[o]) for o in self.objectives) if result.ok else None
 
     def state(self) -> dict[str, Any]:
         version, internal, gauss = self.rng.getstate()

@@ -56,3 +56,8 @@ def format_time(seconds: float) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def format_ms(milliseconds: float) -> str:
+    """4.837 -> '4.84ms' (latency figures are kept in milliseconds)."""
+    return f"{milliseconds:.3g}ms"

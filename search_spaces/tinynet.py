@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -26,7 +26,8 @@ from torch import nn
 
 from nasplat.arch import Arch
 from nasplat.constraints import Constraint
-from nasplat.cost import count_macs, count_params, measure
+from nasplat.cost import CostModel, count_macs, count_params, measure
+from nasplat.cost.lut import Unit
 from nasplat.registry import register_space
 from nasplat.space import FloatRange, Param, SearchSpace, Target
 
@@ -47,6 +48,11 @@ W_RANGE = FloatRange(0.25, 1.2)
 DECIMALS = 3  # r, d and w are kept to 3 decimals, so Arch keys stay few and readable
 
 COUNT_METRICS = frozenset({"macs", "params"})  # the costs that grow with w, so the solve applies to them
+
+
+def _solved_metrics(costs: CostModel | None) -> frozenset[str]:
+    """The constrained metrics w is solved for: MACs and params, and latency where the cost model has it."""
+    return costs.metrics if costs is not None else COUNT_METRICS
 
 
 def make_divisible(value: float, divisor: int = 8, *, min_value: int | None = None,
@@ -243,6 +249,56 @@ def resolution(r: float) -> int:
     return int(B0_RESOLUTION * r)
 
 
+# --- the network as per-op latency units (nasplat.cost.lut) ---------------------------------------------
+
+
+class PoolClassifier(nn.Module):
+    """EfficientNet's tail as one module: global pool, flatten, dropout, linear (a latency unit)."""
+
+    def __init__(self, features: int, num_classes: int, *, dropout: float = DROPOUT):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(torch.flatten(self.pool(x), 1)))
+
+
+def _side_after(h: int, kernel: int, stride: int) -> int:
+    """Feature-map side after a conv with padding (kernel-1)//2."""
+    return (h + 2 * ((kernel - 1) // 2) - kernel) // stride + 1
+
+
+def _conv_unit(h: int, cin: int, cout: int, kernel: int, stride: int) -> Unit:
+    return Unit(f"conv_bn_silu-{h}x{h}x{cin}-o{cout}-k{kernel}-s{stride}", (1, cin, h, h),
+                functools.partial(ConvBnAct, cin, cout, kernel, stride=stride))
+
+
+def _mbconv_unit(stage: Stage, h: int, cin: int, stride: int) -> Unit:
+    return Unit(f"mbconv_{stage.kind}-{h}x{h}x{cin}-o{stage.channels}-k{stage.kernel}-s{stride}-e{stage.expand}"
+                f"-se{stage.se:g}", (1, cin, h, h),
+                functools.partial(MBConv, stage.kind, cin, stage.channels, kernel=stage.kernel, stride=stride,
+                                  expand=stage.expand, se=stage.se))
+
+
+def layout_units(layout: Layout, side: int, *, num_classes: int) -> list[Unit]:
+    """The network of `layout` on a side x side input as latency units, in the order it runs them: the stem,
+    every MBConv block (a stage's repeated blocks are one key, listed once per block), the head conv, and
+    pool + classifier. Chained, the units' modules compute EfficientNet's forward pass."""
+    units = [_conv_unit(side, 3, layout.stem, 3, 2)]
+    h, cin = _side_after(side, 3, 2), layout.stem
+    for stage in layout.stages:
+        for i in range(stage.repeats):
+            stride = stage.stride if i == 0 else 1
+            units.append(_mbconv_unit(stage, h, cin, stride))
+            h, cin = _side_after(h, stage.kernel, stride), stage.channels
+    units.append(_conv_unit(h, cin, layout.head, 1, 1))
+    units.append(Unit(f"pool_linear-{h}x{h}x{layout.head}-o{num_classes}", (1, layout.head, h, h),
+                      functools.partial(PoolClassifier, layout.head, num_classes)))
+    return units
+
+
 @functools.cache
 def _width_steps() -> tuple[float, ...]:
     """The largest 3-decimal w of each distinct TinyNet channel layout, ascending.
@@ -282,35 +338,40 @@ class TinyNetSpace(SearchSpace):
         if not W_RANGE.contains(arch["w"]):
             raise ValueError(f"parameter 'w'={arch['w']!r} lies outside {W_RANGE}")
 
-    def complete(self, params: Mapping[str, Any], *, constraints: Sequence[Constraint] = ()) -> Arch:
-        """Rounds r and d to 3 decimals and solves w for the MACs/params constraints (w=1 without any).
+    def complete(self, params: Mapping[str, Any], *, constraints: Sequence[Constraint] = (),
+                 costs: CostModel | None = None) -> Arch:
+        """Rounds r and d to 3 decimals and solves w for the constraints on costs that grow with it: MACs,
+        params, and latency where `costs` provides it (w=1 without any).
 
         A 'w' in `params` is ignored: w is derived here. To evaluate a fixed (r, d, w), use `arch()`.
         """
         r, d = round(float(params["r"]), DECIMALS), round(float(params["d"]), DECIMALS)
-        counted = [c for c in constraints if c.metric in COUNT_METRICS]
-        w = self.solve_width(r, d, constraints=counted) if counted else 1.0
+        counted = [c for c in constraints if c.metric in _solved_metrics(costs)]
+        w = self.solve_width(r, d, constraints=counted, costs=costs) if counted else 1.0
         return self.arch({"r": r, "d": d, "w": w})
 
-    def solve_width(self, r: float, d: float, *, constraints: Sequence[Constraint]) -> float:
-        """The largest 3-decimal w in [0.25, 1.2] whose model meets every MACs/params constraint.
+    def solve_width(self, r: float, d: float, *, constraints: Sequence[Constraint],
+                    costs: CostModel | None = None) -> float:
+        """The largest 3-decimal w in [0.25, 1.2] whose model meets every constraint on MACs, params and
+        (with a cost model that has it) latency.
 
-        MACs and params only grow with w, so this bisects over w's channel steps with the closed-form MAC
-        count, then measures the chosen Arch with fvcore (cached by Arch key, so the runner's own measure
-        is free). When even w=0.25 breaks the budget, returns 0.25 and the runner rejects the Arch as
-        infeasible.
+        These costs only grow with w, so this bisects over w's channel steps: MACs in closed form, the others
+        by measuring (fvcore's params, the cost model's latency; both cached by Arch key, so the runner's
+        own measure is free), then checks the chosen Arch by measuring. When even w=0.25 breaks the budget,
+        returns 0.25 and the runner rejects the Arch as infeasible.
         """
-        counted = [c for c in constraints if c.metric in COUNT_METRICS]
+        counted = [c for c in constraints if c.metric in _solved_metrics(costs)]
         side = resolution(r)
+        cost_of = costs or (lambda space, arch: measure(space, arch))
 
-        def fits_closed_form(w: float) -> bool:  # microseconds: MACs from the layout, params only by measuring
+        def fits_closed_form(w: float) -> bool:  # microseconds: MACs from the layout, the rest by measuring
             macs = layout_macs(scaled_layout(w, d), side, num_classes=self.num_classes)
             return all(c.limit >= macs for c in counted if c.metric == "macs") and (
                 all(c.metric == "macs" for c in counted) or fits_measured(w))
 
         def fits_measured(w: float) -> bool:
-            costs = measure(self, self.arch({"r": r, "d": d, "w": w}))
-            return all(c.holds(costs) for c in counted)
+            measured = cost_of(self, self.arch({"r": r, "d": d, "w": w}))
+            return all(c.holds(measured) for c in counted)
 
         steps = _width_steps()
         lo, hi = -1, len(steps)  # invariant: steps[lo] fits (or lo == -1), steps[hi] breaks (or hi == len)
@@ -320,7 +381,7 @@ class TinyNetSpace(SearchSpace):
                 lo = mid
             else:
                 hi = mid
-        while lo >= 0 and not fits_measured(steps[lo]):  # fvcore has the last word
+        while lo >= 0 and not fits_measured(steps[lo]):  # the measurement has the last word
             lo -= 1
         return steps[lo] if lo >= 0 else W_RANGE.low
 
@@ -334,6 +395,27 @@ class TinyNetSpace(SearchSpace):
 
     def proxy_scale(self, arch: Arch) -> float:
         return float(arch["r"])
+
+    def latency_units(self, arch: Arch) -> list[Unit]:
+        """The stem, each MBConv block, the head conv and pool + classifier, at the target input side."""
+        self.validate(arch)
+        return layout_units(scaled_layout(arch["w"], arch["d"]), resolution(arch["r"]), num_classes=self.num_classes)
+
+    def latency_unit_space(self) -> Iterator[Unit]:
+        """Every distinct unit of the space: each channel layout (w's steps) at each input side int(224 r).
+
+        Depth only sets how many repeated blocks (cout -> cout, stride 1) a stage has, so the deepest layout
+        (d = 1.4) holds every block of every shallower one. Ordered by layout, then input side.
+        """
+        seen: set[str] = set()
+        sides = range(resolution(R_RANGE.low), resolution(R_RANGE.high) + 1)
+        for w in _width_steps():
+            layout = scaled_layout(w, D_RANGE.high)
+            for side in sides:
+                for unit in layout_units(layout, side, num_classes=self.num_classes):
+                    if unit.key not in seen:
+                        seen.add(unit.key)
+                        yield unit
 
     def describe(self, arch: Arch) -> str:
         """e.g. `r=0.475 (106px) d=0.6 w=0.51 | ds_r1_k3_s1_e1_c8_se0.25 ir_r1_k3_s2_e6_c16_se0.25 ...`"""

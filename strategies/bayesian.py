@@ -8,7 +8,7 @@ authoritative record. A journal file rather than SQLite, because SQLite locks un
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +20,9 @@ from optuna.trial import TrialState
 
 from nasplat.registry import register_strategy
 from nasplat.space import Choice, FloatRange, IntRange, Param
-from nasplat.strategy import Result, Strategy, Trial
+from nasplat.strategy import OBJECTIVES, Result, Strategy, Trial
 
 if TYPE_CHECKING:
-    from nasplat.constraints import Constraint
     from nasplat.space import SearchSpace
 
 STUDY_NAME = "nasplat"
@@ -40,6 +39,7 @@ SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
 }
 
+_SINGLE_OBJECTIVE = {"cmaes"}
 # CMA-ES ignores constraint values and warns about them on every trial; it learns from the penalty alone.
 _IGNORE_CONSTRAINTS = {"cmaes"}
 
@@ -71,11 +71,16 @@ class BayesianSearch(Strategy):
     in the study, so a resumed search asks what the uninterrupted one would have. `study` is the Optuna study.
     """
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0, constraints: Sequence[Constraint] = (),
-                 initial: Sequence[Mapping[str, Any]] = (), workdir: Path | None = None, sampler: str = "tpe"):
+    multi_objective = True
+
+    def __init__(self, space: SearchSpace, *, sampler: str = "tpe", **common: Any):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
-        super().__init__(space, seed=seed, constraints=constraints, initial=initial, workdir=workdir)
+        super().__init__(space, **common)
+        if len(self.objectives) > 1 and sampler in _SINGLE_OBJECTIVE:
+            raise ValueError(f"sampler {sampler!r} optimises one objective; for --objective "
+                             f"{','.join(self.objectives)} use tpe, nsga2, gp or random")
+        workdir = self.workdir
         self.sampler_name = sampler
         self._params = space.parameters()
         self._distributions = {name: _distribution(p) for name, p in self._params.items()}
@@ -88,8 +93,10 @@ class BayesianSearch(Strategy):
         else:
             Path(workdir).mkdir(parents=True, exist_ok=True)
             self._storage = optuna.storages.JournalStorage(JournalFileBackend(str(Path(workdir) / JOURNAL_FILE)))
-        self.study = optuna.create_study(storage=self._storage, sampler=SAMPLERS[sampler](seed),
-                                         study_name=STUDY_NAME, direction="maximize", load_if_exists=True)
+        self.study = optuna.create_study(storage=self._storage, sampler=SAMPLERS[sampler](self.seed),
+                                         study_name=STUDY_NAME, load_if_exists=True,
+                                         directions=["maximize" if OBJECTIVES[o] else "minimize"
+                                                     for o in self.objectives])
         self._study_id = self._storage.get_study_id_from_name(STUDY_NAME)
         self._numbers: dict[int, int] = {}  # nasplat trial id -> Optuna trial number, for trials in flight
 
@@ -120,7 +127,7 @@ class BayesianSearch(Strategy):
         """
         if trial.id not in self._numbers:
             raise ValueError(f"trial {trial.id} is not in flight: never asked, or told already")
-        score = self.score(result)  # raises for an ok result that lacks the metric: the trial stays in flight
+        values = self.values(result)  # raises for an ok result that lacks an objective: the trial stays in flight
         trial_id = self._trial_id(self._numbers.pop(trial.id))
         if self._storage.get_trial(trial_id).state.is_finished():
             return
@@ -133,7 +140,7 @@ class BayesianSearch(Strategy):
         if self.sampler_name not in _IGNORE_CONSTRAINTS:
             for key, violation in violations.items():
                 asked.set_constraint(key, violation)
-        self.study.tell(asked, score if score is not None else self._penalty(violations))
+        self.study.tell(asked, values if values is not None else self._penalty(violations))
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "in_flight": sorted(self._numbers.items())}
@@ -170,19 +177,24 @@ class BayesianSearch(Strategy):
         return {str(c): result.metrics[c.metric] / c.limit - 1 if c.metric in result.metrics
                 else (0.0 if result.ok else 1.0) for c in self.constraints}
 
-    def _penalty(self, violations: Mapping[str, float]) -> float:
-        """The value told for an infeasible trial: the worst feasible score so far, less one to two times
-        the spread of the feasible scores, more the further over its limits it is.
+    def _penalty(self, violations: Mapping[str, float]) -> list[float]:
+        """The values told for an infeasible trial: per objective, the worst feasible value so far, made worse
+        by one to two times the spread of the feasible values, the more the further over its limits it is.
 
-        Below every feasible score so far, so that CMA-ES, which ranks by value only, steers away; graded
+        Worse than every feasible value so far, so that CMA-ES, which ranks by value only, steers away; graded
         by the total violation v as v / (1 + v), so that among infeasible trials the nearly feasible rank
         first; bounded and finite, so that the GP, which fits its model to every complete trial's value, is
-        not dwarfed by outliers (and -inf would break CMA-ES). A later feasible score can still fall below
-        an earlier penalty; before any feasible score the penalty lies between -1 and -2.
+        not dwarfed by outliers (and inf would break CMA-ES). A later feasible value can still be worse than an
+        earlier penalty; before any feasible trial the penalty lies one to two units beyond zero.
         """
-        scores = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if t.user_attrs.get("result", {}).get("status") == "ok"]
-        worst = min(scores, default=0.0)
-        spread = (max(scores, default=0.0) - worst) or abs(worst) or 1.0
+        feasible = [t.values for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.user_attrs.get("result", {}).get("status") == "ok"]
         excess = sum(v for v in violations.values() if v > 0) or 1.0
-        return worst - spread * (1 + excess / (1 + excess))
+        out = []
+        for i, objective in enumerate(self.objectives):
+            sign = 1.0 if OBJECTIVES[objective] else -1.0  # as if maximised
+            values = [sign * v[i] for v in feasible]
+            worst = min(values, default=0.0)
+            spread = (max(values, default=0.0) - worst) or abs(worst) or 1.0
+            out.append(sign * (worst - spread * (1 + excess / (1 + excess))))
+        return out

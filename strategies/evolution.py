@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nasplat.arch import Arch
@@ -16,7 +15,6 @@ from nasplat.registry import register_strategy
 from nasplat.strategy import Result, Strategy, Trial
 
 if TYPE_CHECKING:
-    from nasplat.constraints import Constraint
     from nasplat.space import SearchSpace
 
 Params = dict[str, Any]
@@ -49,13 +47,11 @@ class RegularizedEvolution(_MutationStrategy):
     set for searches of about a hundred evaluations; Real et al.'s 100 and 25 were for 20,000.
     """
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0, constraints: Sequence[Constraint] = (),
-                 initial: Sequence[Mapping[str, Any]] = (), workdir: Path | None = None, population: int = 10,
-                 tournament: int = 3):
+    def __init__(self, space: SearchSpace, *, population: int = 10, tournament: int = 3, **common: Any):
         if not 1 <= tournament <= population:
             raise ValueError(f"evolution needs 1 <= tournament <= population, got tournament={tournament}, "
                              f"population={population}")
-        super().__init__(space, seed=seed, constraints=constraints, initial=initial, workdir=workdir)
+        super().__init__(space, **common)
         self.population_size = population
         self.tournament = tournament
         self.population: deque[tuple[Params, float]] = deque()  # oldest first
@@ -103,11 +99,10 @@ class LocalSearch(_MutationStrategy):
     architecture.
     """
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0, constraints: Sequence[Constraint] = (),
-                 initial: Sequence[Mapping[str, Any]] = (), workdir: Path | None = None, samples: int = 8):
+    def __init__(self, space: SearchSpace, *, samples: int = 8, **common: Any):
         if samples < 1:
             raise ValueError(f"local search needs samples >= 1, got {samples}")
-        super().__init__(space, seed=seed, constraints=constraints, initial=initial, workdir=workdir)
+        super().__init__(space, **common)
         self.samples = samples
         # architectures are held by key (the canonical JSON of their parameters): cheap to snapshot
         self.scores: dict[str, float | None] = {}  # key -> score (None: infeasible or failed)

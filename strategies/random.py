@@ -7,7 +7,9 @@ from nasplat.strategy import Result, Strategy, Trial
 
 @register_strategy("random")
 class RandomSearch(Strategy):
-    """Uniform samples from the space: the baseline every strategy must beat."""
+    """Uniform samples from the space: the baseline every strategy must beat (any number of objectives)."""
+
+    multi_objective = True
 
     def ask(self) -> Trial:
         params = self.initial.pop(0) if self.initial else self.space.sample(self.rng)

@@ -305,3 +305,19 @@ def _measure_on_ray(space: SearchSpace, arch: Arch, protocol: Protocol) -> Laten
 def clear_cache() -> None:
     _CACHE.clear()
 
+
+
+@dataclass(frozen=True)
+class LatencyPlan:
+    """How a search learns an architecture's latency: predicted by a lookup table before training, where
+    one is given, and always measured on the protocol's device for the architectures it trains."""
+
+    protocol: Protocol
+    table: Any = None  # a nasplat.cost.lut.LatencyTable, or None
+
+    def estimate(self, space: SearchSpace, arch: Arch) -> float:
+        """The figure known before training, in ms: the table's prediction, else a measurement."""
+        return float(self.table.predict(space, arch)) if self.table is not None else self.measure(space, arch)
+
+    def measure(self, space: SearchSpace, arch: Arch) -> float:
+        return measure_arch(space, arch, protocol=self.protocol).ms

@@ -1,10 +1,16 @@
 """What every runner builds from a SearchConfig: the space, the task, the strategy; and the best bundle."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..arch import Arch
+from ..cost import CostModel
+from ..cost.latency import LatencyPlan, Protocol, fingerprint
 from ..registry import SPACES, STRATEGIES, TASKS
+
+COST_METRICS = ("macs", "params", "latency", "latency_predicted")  # what a bundle's "costs" hold
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -22,6 +28,25 @@ class Components:
     task: Task | TabularTask
     strategy: Strategy
     epochs: int
+    costs: CostModel
+
+
+def build_costs(config: SearchConfig) -> CostModel:
+    """The search's cost model: fvcore MACs and params, and latency on the configured device where a
+    constraint or an objective needs it (predicted by --lut before training, after a check that the table
+    was made on this kind of device)."""
+    if config.latency is None:
+        return CostModel()
+    protocol = Protocol.from_dict(config.latency)
+    table = None
+    if config.lut:
+        from ..cost.lut import LatencyTable
+
+        table = LatencyTable.load(config.lut)
+        table.check(protocol)
+    elif not protocol.remote:
+        fingerprint(protocol)  # fails now, with one line, for a device this machine lacks (cuda without a GPU)
+    return CostModel(latency=LatencyPlan(protocol, table))
 
 
 def build_task(config: SearchConfig, space: SearchSpace) -> Task | TabularTask:
@@ -33,15 +58,16 @@ def build_task(config: SearchConfig, space: SearchSpace) -> Task | TabularTask:
 
 
 def build_components(config: SearchConfig, run: RunDir | None, *, space: SearchSpace | None = None,
-                     task: Task | None = None) -> Components:
-    """`space` and `task` may come prebuilt (the API builds them first to reject bad input early)."""
+                     task: Task | None = None, costs: CostModel | None = None) -> Components:
+    """`space`, `task` and `costs` may come prebuilt (the API builds them first to reject bad input early)."""
     space = space or SPACES.create(config.space, **config.space_options)
     task = task or build_task(config, space)
+    costs = costs or build_costs(config)
     strategy = STRATEGIES.create(config.strategy, space, seed=config.seed, constraints=config.constraints,
                                  initial=config.initial, workdir=run.path if run else None,
-                                 **config.strategy_options)
+                                 objectives=config.objectives, costs=costs, **config.strategy_options)
     epochs = config.epochs if config.epochs is not None else task.default_epochs
-    return Components(space, task, strategy, epochs)
+    return Components(space, task, strategy, epochs, costs)
 
 
 def _export_failed(run: RunDir, console: Console, exc: Exception, **fields: Any) -> None:
@@ -58,7 +84,7 @@ def export_best(run: RunDir, comp: Components, trial: Trial, result: Result, mod
     (`nasplat.load(run, target=True)` builds the untrained network)."""
     from ..export import export_bundle
 
-    costs = {k: v for k, v in result.metrics.items() if k in ("macs", "params")}
+    costs = {k: v for k, v in result.metrics.items() if k in COST_METRICS}
     metrics: dict[str, Any] = {k: v for k, v in result.metrics.items() if k not in costs}
     if model is None:
         target = comp.space.target(trial.arch)
@@ -85,3 +111,47 @@ def finish_best(run: RunDir, *, console: Console) -> None:
         export_run(run.best, out=run.best)
     except Exception as exc:
         _export_failed(run, console, exc)
+
+
+def latency_record(comp: Components) -> dict[str, Any]:
+    """What the journal's start event records of the latency measurements: the protocol, and the fingerprint
+    of the machine that takes them (a ray: device's node answers with its own in each figure)."""
+    plan = comp.costs.latency
+    if plan is None:
+        return {}
+    record: dict[str, Any] = {"latency_protocol": plan.protocol.to_dict()}
+    if not plan.protocol.remote:
+        record["latency_fingerprint"] = fingerprint(plan.protocol)
+    if plan.table is not None:
+        record["latency_table"] = plan.table.describe()
+    return record
+
+
+def write_front(run: RunDir, comp: Components, *, console: Console) -> list[int]:
+    """report/pareto/: one arch.json bundle (at the target configuration) per architecture on the front of
+    the run's objectives, and front.json listing them; returns their trial ids."""
+    from ..export import export_bundle
+    from ..report import pareto_front, trial_results
+    from ..run import _write_atomic
+
+    objectives = comp.strategy.objectives
+    front = pareto_front(trial_results(run.events()), objectives=objectives)
+    folder = run.path / "report" / "pareto"
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = []
+    for result in front:
+        arch = Arch.from_dict(result["arch"])
+        target = comp.space.target(arch)
+        metrics = result["metrics"]
+        try:
+            export_bundle(None, arch, comp.space, out=folder / f"trial-{result['trial']}",
+                          costs={k: v for k, v in metrics.items() if k in COST_METRICS},
+                          input_shape=target.input_shape, num_classes=target.num_classes,
+                          metrics={k: v for k, v in metrics.items() if k not in COST_METRICS},
+                          formats=("json",), trained=False)
+        except Exception as exc:
+            _export_failed(run, console, exc, trial=result["trial"])
+        listed.append({"trial": result["trial"], "bundle": f"trial-{result['trial']}",
+                       **{o: metrics[o] for o in objectives}})
+    _write_atomic(folder / "front.json", json.dumps({"objectives": list(objectives), "front": listed}, indent=1))
+    return [r["trial"] for r in front]

@@ -10,9 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..run import RunDir, RunError
 from ..strategy import Result, Trial
 from ..tasks.base import CHARGE, TabularTask
-from ..units import format_count, format_time
+from ..units import format_count, format_ms, format_time
 from .budget import SimulatedClock, check_budget
-from .components import Components, build_components, export_best, finish_best
+from .components import Components, build_components, export_best, finish_best, latency_record, write_front
 from .trial import evaluate
 
 # a strategy that proposes only infeasible architectures would never finish: stop after this many per trial
@@ -35,6 +35,9 @@ class SearchOutcome:
 def _trial_line(trial: Trial, result: Result, comp: Components) -> str:
     m = result.metrics
     cost = f"MACs {format_count(m['macs'])}  params {format_count(m['params'])}" if "macs" in m else ""
+    if "latency" in m or "latency_predicted" in m:
+        cost += f"  latency {format_ms(m['latency'])}" if "latency" in m else \
+            f"  latency ~{format_ms(m['latency_predicted'])} (predicted)"
     head = f"trial {trial.id:>3}  {comp.space.describe(trial.arch).split(' | ')[0]}  {cost}"
     if not result.ok:
         return f"{head}  [{result.status}] {result.error}"
@@ -76,7 +79,8 @@ def run_search(run: RunDir, *, resume: bool = False, console: Console | None = N
                 else:
                     pending.append(trial)
         run.save_state(comp.strategy.state(), pending)
-    run.append({"event": "start", "resumed": resume, "pending": [t.id for t in pending]})
+    run.append({"event": "start", "resumed": resume, "pending": [t.id for t in pending],
+                **latency_record(comp)})
 
     scored = [(comp.strategy.score(r), t, r) for t, r in finished.values() if comp.strategy.score(r) is not None]
     best = max(scored, key=lambda x: x[0])[1:] if scored else None
@@ -124,7 +128,7 @@ def run_search(run: RunDir, *, resume: bool = False, console: Console | None = N
                     run.append({"event": "epoch", "trial": trial.id, "epoch": epoch, "metrics": metrics})
 
                 outcome = evaluate(trial, space=comp.space, task=comp.task, constraints=config.constraints,
-                                   epochs=comp.epochs, seed=config.seed, on_epoch=on_epoch)
+                                   epochs=comp.epochs, seed=config.seed, on_epoch=on_epoch, costs=comp.costs)
                 result = outcome.result
                 if clock:  # a query rejected for its costs was never made: it costs nothing
                     charge = charge if result.status != "infeasible" else 0.0
@@ -153,6 +157,8 @@ def run_search(run: RunDir, *, resume: bool = False, console: Console | None = N
                       f"`nasplat search --resume {run.path}`[/]")
     run.save_state(comp.strategy.state(), pending)
     finish_best(run, console=console)
+    if len(config.objectives) > 1:
+        write_front(run, comp, console=console)
     if clock:
         end["simulated_seconds"] = round(clock.spent, 4)
     run.append({"event": "end", "reason": reason, **end})

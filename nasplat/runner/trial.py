@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..constraints import Constraint, violations
-from ..cost import measure
+from ..cost import CostModel
+from ..cost.latency import LatencyError
+from ..units import format_ms
 from ..strategy import Result, Trial
 from ..tasks.base import TabularTask
 
@@ -27,45 +29,68 @@ class Outcome:
     model: nn.Module | None  # the trained model of an ok trial, for the best bundle
 
 
-def _costs(space: SearchSpace, arch: Arch, constraints: Sequence[Constraint]) -> dict[str, float] | Result:
-    """The measured costs, or the Result of an Arch that cannot be measured or breaks a constraint."""
+def _costs(space: SearchSpace, arch: Arch, constraints: Sequence[Constraint],
+           cost_model: CostModel) -> dict[str, float] | Result:
+    """The costs known before training, or the Result of an Arch that cannot be measured or breaks a
+    constraint. A latency that a lookup table predicted is kept as `latency_predicted`."""
     try:
-        costs = measure(space, arch)
+        costs = cost_model(space, arch)
+    except LatencyError:
+        raise  # the device cannot measure at all: an input error, not this trial's failure
     except Exception as exc:  # a space that cannot build this Arch: record it, keep searching
         return Result("failed", {}, f"cost measurement: {type(exc).__name__}: {exc}")
     broken = violations(constraints, costs)
+    if cost_model.latency is not None and cost_model.latency.table is not None:
+        costs["latency_predicted"] = costs.pop("latency")
+        broken = [f"predicted {b}" if b.startswith("latency") else b for b in broken]
     return Result("infeasible", costs, "; ".join(broken)) if broken else costs
 
 
-def look_up(arch: Arch, *, space: SearchSpace, task: TabularTask, constraints: Sequence[Constraint]) -> Result:
+def _confirm_latency(space: SearchSpace, arch: Arch, constraints: Sequence[Constraint], cost_model: CostModel,
+                     metrics: dict[str, float]) -> Result | None:
+    """After training an Arch admitted by its predicted latency: its measured latency, which has the last
+    word (None when it meets the constraints, else the infeasible Result, accuracy kept for the record)."""
+    if cost_model.latency is None or cost_model.latency.table is None:
+        return None
+    metrics["latency"] = cost_model.latency.measure(space, arch)
+    broken = [f"measured {b} (predicted {format_ms(metrics['latency_predicted'])})"
+              for c in constraints if c.metric == "latency" for b in violations([c], metrics)]
+    return Result("infeasible", metrics, "; ".join(broken)) if broken else None
+
+
+def look_up(arch: Arch, *, space: SearchSpace, task: TabularTask, constraints: Sequence[Constraint],
+            costs: CostModel) -> Result:
     """A tabular task's answer: the signal as "accuracy", the reported columns held out from the strategy.
 
     Costs are measured only where constraints need them: a lookup takes microseconds and building the model
     to count its MACs would take the whole time of a benchmark."""
-    costs: dict[str, float] = {}
-    if constraints:
-        checked = _costs(space, arch, constraints)
+    found: dict[str, float] = {}
+    if constraints or costs.latency is not None:
+        checked = _costs(space, arch, constraints, costs)
         if isinstance(checked, Result):
             return checked
-        costs = checked
+        found = checked
     try:
         answer = task.query(space.describe(arch))
     except (LookupError, ValueError) as exc:
-        return Result("failed", costs, str(exc.args[0]) if exc.args else type(exc).__name__)
+        return Result("failed", found, str(exc.args[0]) if exc.args else type(exc).__name__)
     if not math.isfinite(answer.signal):
-        return Result("failed", costs, "the table's signal is not finite (NaN or inf)", dict(answer.reported))
-    return Result("ok", {**costs, "accuracy": answer.signal}, held_out=dict(answer.reported))
+        return Result("failed", found, "the table's signal is not finite (NaN or inf)", dict(answer.reported))
+    return Result("ok", {**found, "accuracy": answer.signal}, held_out=dict(answer.reported))
 
 
 def evaluate(trial: Trial, *, space: SearchSpace, task: Task | TabularTask, constraints: Sequence[Constraint],
-             epochs: int, seed: int, on_epoch: EpochCallback | None = None) -> Outcome:
+             epochs: int, seed: int, on_epoch: EpochCallback | None = None,
+             costs: CostModel | None = None) -> Outcome:
     """Costs are measured at the target configuration and checked before any training; the proxy trains at
-    round(proxy_scale x base resolution). A trial that raises or yields NaN is `failed`, not fatal. A
-    tabular task answers from its table instead (`look_up`), with no model."""
+    round(proxy_scale x base resolution); a latency predicted by a table is confirmed by measuring the
+    trained architecture. A trial that raises or yields NaN is `failed`, not fatal. A tabular task answers
+    from its table instead (`look_up`), with no model."""
+    cost_model = costs or CostModel()
     if isinstance(task, TabularTask):
-        return Outcome(look_up(trial.arch, space=space, task=task, constraints=constraints), None)
+        return Outcome(look_up(trial.arch, space=space, task=task, constraints=constraints, costs=cost_model), None)
     start = time.perf_counter()
-    costs = _costs(space, trial.arch, constraints)
+    costs = _costs(space, trial.arch, constraints, cost_model)
     if isinstance(costs, Result):
         return Outcome(costs, None)
     input_size = task.input_size(space.proxy_scale(trial.arch))
@@ -78,5 +103,7 @@ def evaluate(trial: Trial, *, space: SearchSpace, task: Task | TabularTask, cons
                        None)
     if not all(math.isfinite(float(v)) for v in metrics.values()):
         return Outcome(Result("failed", {**costs, **metrics}, "metrics are not finite (NaN or inf)"), None)
-    metrics = {**costs, **metrics, "input_size": input_size, "seconds": round(time.perf_counter() - start, 2)}
-    return Outcome(Result("ok", metrics), model)
+    metrics = {**costs, **metrics, "input_size": input_size}
+    rejected = _confirm_latency(space, trial.arch, constraints, cost_model, metrics)
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    return Outcome(rejected or Result("ok", metrics), model if rejected is None else None)
