@@ -44,7 +44,7 @@ def start(config: SearchConfig, *, console: Console | None = None, sync: bool = 
     STRATEGIES.get(config.strategy).takes(config.objectives)
     task = build_task(config, space)
     check_budget(config.budget, task)
-    costs = build_costs(config)
+    costs = build_costs(config, space)
     _check_budgets(space, config.constraints, costs)
     run = RunDir.create(config, sync=sync)
     components = build_components(config, run, space=space, task=task, costs=costs)
@@ -97,7 +97,7 @@ class DryRun:
 def dry_run(config: SearchConfig, *, samples: int = 8) -> DryRun:
     """What a search would face, without training: space size, cost range of random samples, feasibility."""
     space = SPACES.create(config.space, **config.space_options)
-    cost_model = build_costs(config)
+    cost_model = build_costs(config, space)
     _check_budgets(space, config.constraints, cost_model)
     rng = random.Random(config.seed)
     archs = [space.complete(space.sample(rng), constraints=config.constraints, costs=cost_model)

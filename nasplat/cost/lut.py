@@ -1,5 +1,5 @@
 """Per-op latency lookup tables: profile every op a space can produce on a device once, then predict an
-architecture's latency in microseconds by summing its ops, without building or timing it.
+architecture's latency in milliseconds by summing its ops, without building or timing it.
 
 A space decomposes an architecture into `Unit`s (`SearchSpace.latency_units`): the ops a table keys, in
 the order the model runs them, covering its whole forward pass; `latency_unit_space()` lists every distinct
@@ -276,7 +276,8 @@ def _calibrate(space: SearchSpace, table: dict[str, Any], archs: list[Arch], pro
         row = done.get(arch.to_json())
         if row is None:
             summed = sum(table["entries"][u.key]["mean"] for u in _units_of(space, arch))
-            row = {"arch": arch.to_json(), "summed": summed, "measured": measure_arch(space, arch, protocol=protocol).ms}
+            measured = measure_arch(space, arch, protocol=protocol).ms
+            row = {"arch": arch.to_json(), "summed": summed, "measured": measured}
         rows.append(row)
         table["calibration"] = {"method": "partial", "seed": seed, "rows": rows}
         bar.advance(task)

@@ -31,7 +31,7 @@ class Components:
     costs: CostModel
 
 
-def build_costs(config: SearchConfig) -> CostModel:
+def build_costs(config: SearchConfig, space: SearchSpace) -> CostModel:
     """The search's cost model: fvcore MACs and params, and latency on the configured device where a
     constraint or an objective needs it (predicted by --lut before training, after a check that the table
     was made on this kind of device)."""
@@ -44,6 +44,8 @@ def build_costs(config: SearchConfig) -> CostModel:
 
         table = LatencyTable.load(config.lut)
         table.check(protocol)
+        table.check_space(space)
+        table.calibration  # noqa: B018 - an unfinished build raises here, before the search starts
     elif not protocol.remote:
         fingerprint(protocol)  # fails now, with one line, for a device this machine lacks (cuda without a GPU)
     return CostModel(latency=LatencyPlan(protocol, table))
@@ -62,7 +64,7 @@ def build_components(config: SearchConfig, run: RunDir | None, *, space: SearchS
     """`space`, `task` and `costs` may come prebuilt (the API builds them first to reject bad input early)."""
     space = space or SPACES.create(config.space, **config.space_options)
     task = task or build_task(config, space)
-    costs = costs or build_costs(config)
+    costs = costs or build_costs(config, space)
     strategy = STRATEGIES.create(config.strategy, space, seed=config.seed, constraints=config.constraints,
                                  initial=config.initial, workdir=run.path if run else None,
                                  objectives=config.objectives, costs=costs, **config.strategy_options)
@@ -123,7 +125,8 @@ def latency_record(comp: Components) -> dict[str, Any]:
     if not plan.protocol.remote:
         record["latency_fingerprint"] = fingerprint(plan.protocol)
     if plan.table is not None:
-        record["latency_table"] = plan.table.describe()
+        record["latency_table"] = {"path": str(plan.table.path), "machine": plan.table.describe_machine(),
+                                   "calibration": plan.table.calibration}
     return record
 
 
