@@ -139,7 +139,7 @@ def lut_section(data: dict, device: str) -> str:
     ])
 
 
-def search_stage(device: str, out: Path, limit: str, table: str | None, trials: int) -> dict:
+def search_stage(device: str, out: Path, limit: str, table: str | None, trials: int, strategy: str) -> dict:
     from nasplat import api
 
     runs = out / "search"
@@ -147,7 +147,7 @@ def search_stage(device: str, out: Path, limit: str, table: str | None, trials: 
     if previous and (previous[-1] / "best" / "arch.json").exists():
         run = previous[-1]
     else:
-        outcome = api.search("tinynet", strategy="bayesian", latency=limit, latency_protocol={"device": device},
+        outcome = api.search("tinynet", strategy=strategy, latency=limit, latency_protocol={"device": device},
                              lut=table, trials=trials, out=runs)
         run = outcome.run.path
     bundle = json.loads((run / "best" / "arch.json").read_text())
@@ -158,7 +158,7 @@ def search_stage(device: str, out: Path, limit: str, table: str | None, trials: 
 
     clear_cache()
     fresh = measure_arch(space, Arch.from_dict(bundle["arch"]), protocol=Protocol(device=device)).ms
-    return {"run": str(run), "limit": limit, "best": bundle["arch"], "costs": bundle["costs"],
+    return {"run": str(run), "limit": limit, "strategy": strategy, "trials": trials, "best": bundle["arch"], "costs": bundle["costs"],
             "accuracy": bundle["metrics"].get("accuracy"), "fresh_ms": fresh,
             "ok": sum(r["status"] == "ok" for r in results),
             "rejected_predicted": sum("predicted latency" in (r.get("error") or "") for r in results),
@@ -171,7 +171,8 @@ def search_section(data: dict, device: str) -> str:
     limit_ms = float(data["limit"].removesuffix("ms"))
     params = data["best"]["params"]
     return "\n".join([
-        f"`nasplat search tinynet --latency {data['limit']} --device {device} --lut TABLE --trials 8` (bayesian): "
+        f"`nasplat search tinynet --latency {data['limit']} --device {device} --lut TABLE --trials {data['trials']} "
+        f"--strategy {data['strategy']}`: "
         f"{data['ok']} trained and within the limit, {data['rejected_predicted']} rejected by predicted latency "
         f"before training, {data['rejected_measured']} trained then rejected by measured latency.",
         "",
@@ -191,6 +192,7 @@ def main() -> None:
     parser.add_argument("--validate", type=int, default=50, help="random architectures the table is checked on")
     parser.add_argument("--limit", default="4ms", help="the search's latency limit")
     parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--strategy", default="bayesian")
     parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "latency"))
     parser.add_argument("--fresh", action="store_true", help="redo stages whose figures are cached")
     args = parser.parse_args()
@@ -206,7 +208,7 @@ def main() -> None:
     if "search" in stages:
         table = out / "tinynet-lut.json"
         data = _cached(out / "search.json", args.fresh, lambda: search_stage(
-            args.device, out, args.limit, str(table) if table.exists() else None, args.trials))
+            args.device, out, args.limit, str(table) if table.exists() else None, args.trials, args.strategy))
         write_section(f"Latency-constrained TinyNet search {title}", search_section(data, args.device))
 
 
