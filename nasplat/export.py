@@ -44,7 +44,8 @@ class BundleError(ValueError):
 def export_bundle(model: nn.Module | None, arch: Arch, space: SearchSpace, *, out: Path,
                   costs: Mapping[str, float], input_shape: Sequence[int], num_classes: int,
                   metrics: Mapping[str, float] | None = None,
-                  formats: Sequence[str] = FORMATS, trained: bool = True) -> dict[str, Path]:
+                  formats: Sequence[str] = FORMATS, trained: bool = True,
+                  latency: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Writes the bundle of `model` (built by `space` for `arch`) into `out`; returns format -> path.
 
     `input_shape` and `num_classes` are the configuration the model takes: the proxy task's for a
@@ -53,6 +54,7 @@ def export_bundle(model: nn.Module | None, arch: Arch, space: SearchSpace, *, ou
     The TorchScript and ONNX files are checked against PyTorch on a random batch of two; an export that
     differs by more than 1e-4 raises BundleError and leaves no arch.json behind. Without a model (an
     architecture answered from a table) only arch.json is written, describing an untrained model.
+    `latency` records how a latency in `costs` was measured (protocol and device fingerprint).
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -82,6 +84,7 @@ def export_bundle(model: nn.Module | None, arch: Arch, space: SearchSpace, *, ou
             "describe": space.describe(arch),
             "space_options": dict(space.options),
             "costs": {k: float(v) for k, v in costs.items()},
+            **({"latency": dict(latency)} if latency else {}),
             "target": space.target(arch).to_dict(),
             "weights": {"input_shape": list(shape), "num_classes": int(num_classes), "trained": trained},
             "metrics": dict(metrics or {}),
@@ -148,7 +151,7 @@ def export_run(run: str | Path, *, out: Path, formats: Sequence[str] = FORMATS,
     taken = Target.from_dict(data["target"]) if target else Target.from_dict(data["weights"])
     return export_bundle(_model(file, data, target=target), arch, _space(file, data, arch), out=Path(out),
                          costs=data["costs"], input_shape=taken.input_shape, num_classes=taken.num_classes,
-                         metrics=data["metrics"], formats=formats, trained=not target)
+                         metrics=data["metrics"], formats=formats, trained=not target, latency=data.get("latency"))
 
 
 def _model(file: Path, data: Mapping[str, Any], *, target: bool) -> nn.Module:

@@ -167,6 +167,7 @@ def test_latency_constrained_search_keeps_only_architectures_that_meet_the_limit
         assert (r["status"] == "ok") == (r["metrics"]["latency"] <= limit), r
     best = json.loads((run / "best" / "arch.json").read_text())
     assert best["costs"]["latency"] <= limit
+    assert best["latency"]["latency_fingerprint"]["cpu"] and best["latency"]["latency_protocol"]["batch"] == 1
     start = next(json.loads(x) for x in (run / "journal.jsonl").read_text().splitlines() if '"start"' in x)
     assert start["latency_protocol"]["device"] == "cpu" and start["latency_fingerprint"]["threads"] == 1
     assert "latency" in capsys.readouterr().out

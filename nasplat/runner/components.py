@@ -97,7 +97,8 @@ def export_best(run: RunDir, comp: Components, trial: Trial, result: Result, mod
     try:
         export_bundle(model, trial.arch, comp.space, out=run.best, costs=costs, input_shape=shape,
                       num_classes=classes, metrics={**metrics, **result.held_out, "trial": trial.id},
-                      formats=("json", "weights") if model is not None else ("json",), trained=model is not None)
+                      formats=("json", "weights") if model is not None else ("json",), trained=model is not None,
+                      latency=latency_record(comp))
     except Exception as exc:  # the search result is in the journal either way
         _export_failed(run, console, exc, trial=trial.id)
 
@@ -116,8 +117,8 @@ def finish_best(run: RunDir, *, console: Console) -> None:
 
 
 def latency_record(comp: Components) -> dict[str, Any]:
-    """What the journal's start event records of the latency measurements: the protocol, and the fingerprint
-    of the machine that takes them (a ray: device's node answers with its own in each figure)."""
+    """How the run's latencies are measured, for the journal's start event and the bundles: the protocol, the
+    fingerprint of the machine that measures (for a ray: device, the resource names it), and the table."""
     plan = comp.costs.latency
     if plan is None:
         return {}
@@ -126,7 +127,7 @@ def latency_record(comp: Components) -> dict[str, Any]:
         record["latency_fingerprint"] = fingerprint(plan.protocol)
     if plan.table is not None:
         record["latency_table"] = {"path": str(plan.table.path), "machine": plan.table.describe_machine(),
-                                   "calibration": plan.table.calibration}
+                                   **{k: plan.table.calibration[k] for k in ("method", "scale", "offset_ms")}}
     return record
 
 
@@ -151,7 +152,7 @@ def write_front(run: RunDir, comp: Components, *, console: Console) -> list[int]
                           costs={k: v for k, v in metrics.items() if k in COST_METRICS},
                           input_shape=target.input_shape, num_classes=target.num_classes,
                           metrics={k: v for k, v in metrics.items() if k not in COST_METRICS},
-                          formats=("json",), trained=False)
+                          formats=("json",), trained=False, latency=latency_record(comp))
         except Exception as exc:
             _export_failed(run, console, exc, trial=result["trial"])
         listed.append({"trial": result["trial"], "bundle": f"trial-{result['trial']}",
