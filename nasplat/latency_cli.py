@@ -14,19 +14,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def add_latency_parser(sub: Any) -> None:
     """Adds `latency build-lut` and `latency validate` to the subparsers `sub` of the `nasplat` parser."""
-    from .cli import _positive_int
+    from .cli import _positive_int, whole_number
 
     lat = sub.add_parser("latency", help="per-op latency lookup tables: build one on this machine, validate it")
     cmds = lat.add_subparsers(dest="latency_command", required=True, metavar="{build-lut,validate}")
@@ -39,7 +29,7 @@ def add_latency_parser(sub: Any) -> None:
     b.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (default 1)")
     b.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
     b.add_argument("--out", help="the table's file (default runs/latency/<space>-<machine fingerprint>.json)")
-    b.add_argument("--calibrate", type=_count, default=10,
+    b.add_argument("--calibrate", type=whole_number(0), default=10,
                    help="random architectures measured whole to fit the per-model correction (default 10)")
     b.add_argument("--seed", type=int, default=0, help="seed of the calibration architectures")
     b.add_argument("--limit", type=_positive_int, help="profile only the first N ops (a partial table, to try "
