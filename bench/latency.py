@@ -98,7 +98,7 @@ def repeat_section(rows: dict, device: str) -> str:
         f"1000 classes. Device `{device}`: {describe_fingerprint(any_row['fingerprint'])}.",
         f"Protocol: {protocol['warmup']} warm-up runs, then {protocol['rounds']} rounds of "
         f"{protocol['seconds']} s of timed runs (torch.utils.benchmark, CUDA synchronised); the figure is the "
-        f"median of the round medians; batch {protocol['batch']}, {protocol['threads']} thread(s).",
+        f"median over rounds of each round's fastest run; batch {protocol['batch']}, {protocol['threads']} thread(s).",
         "", *lines, "",
         "Goal: the 5 protocol figures agree within 5% (CV). CV = sample standard deviation / mean.",
     ])

@@ -88,6 +88,7 @@ def _summary(run: _Run) -> str:
         f"- task: {run.task_name}" + (f" ({task_options})" if task_options else ""),
         f"- constraints: {', '.join(str(c) for c in run.constraints) or 'none'}",
         f"- trials: {run.count('ok')} ok, {run.count('infeasible')} infeasible, {run.count('failed')} failed"
+        + (f", {run.count('stopped')} stopped early by the scheduler" if run.count("stopped") else "")
         + (f" (of {config['trials']} planned)" if config.get("trials") else "")
         + (f", {config['budget']:g} simulated seconds budgeted" if config.get("budget") else "")
         + (f", {config['epochs']} epochs each" if config.get("epochs") else ""),
@@ -288,10 +289,10 @@ def _progress_figure(run: _Run) -> Any:
     else:
         ax.set_ylim(0, 100)
         ax.text(0.5, 0.5, "no trial finished ok", ha="center", va="center", transform=ax.transAxes)
-    unscored = [r for r in run.results if r.get("status") in ("infeasible", "failed")]
+    unscored = [r for r in run.results if r.get("status") in ("infeasible", "failed", "stopped")]
     if unscored:
         ax.scatter([r["trial"] for r in unscored], [0.03] * len(unscored), marker="x", color="tab:gray",
-                   transform=ax.get_xaxis_transform(), label="infeasible or failed")
+                   transform=ax.get_xaxis_transform(), label="infeasible, failed or stopped")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("accuracy (%)")

@@ -24,6 +24,11 @@ from .strategy import Result, Trial
 
 
 DEFAULT_TRIALS = 8  # trials of a search that names no number and no simulated budget
+RUNNERS = ("local", "ray")
+SCHEDULERS = (None, "asha")
+# the Ray runner's options and their defaults, which the local runner must be left with
+_RAY_DEFAULTS = {"workers": None, "ray_address": None, "scheduler": None, "cpus_per_trial": 1.0,
+                 "gpus_per_trial": 0.0, "max_retries": 2}
 
 
 class RunError(ValueError):
@@ -51,6 +56,13 @@ class SearchConfig:
     objectives: list[str] = field(default_factory=lambda: ["accuracy"])  # accuracy first; then costs to minimise
     latency: dict[str, Any] | None = None  # the latency Protocol, where a constraint or an objective needs it
     lut: str | None = None  # a latency lookup table (nasplat latency build-lut) to reject by before training
+    runner: str = "local"  # local: trials one at a time in this process; ray: on Ray Tune, in parallel
+    workers: int | None = None  # ray: trials at a time (None: as many as the CPUs allow at cpus_per_trial)
+    ray_address: str | None = None  # ray: join this cluster (auto, host:port, ray://host:port); None: start one
+    scheduler: str | None = None  # ray: "asha" stops unpromising trials early (Tune's ASHA, per epoch)
+    cpus_per_trial: float = 1.0  # ray: CPUs reserved per trial (and torch threads in it)
+    gpus_per_trial: float = 0.0  # ray: GPUs reserved per trial
+    max_retries: int = 2  # ray: a trial whose worker died is run again up to this many times
 
     def __post_init__(self) -> None:
         from .cost.latency import Protocol
@@ -65,6 +77,26 @@ class SearchConfig:
             self.latency = Protocol.from_dict(self.latency).to_dict()  # checks the device and runtime
         if self.lut is not None and self.latency is None:
             raise ValueError("--lut predicts latency: give a --latency limit or --objective accuracy,latency too")
+        self._check_runner()
+
+    def _check_runner(self) -> None:
+        if self.runner not in RUNNERS:
+            raise ValueError(f"unknown runner {self.runner!r}; use {' or '.join(RUNNERS)}")
+        if self.runner == "local":
+            given = [f"--{f.replace('_', '-')}" for f, default in _RAY_DEFAULTS.items() if getattr(self, f) != default]
+            if given:
+                raise ValueError(f"{', '.join(given)} set(s) how trials run on Ray: add --runner ray")
+            return
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; use {', '.join(s for s in SCHEDULERS if s)}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if not self.cpus_per_trial > 0 or self.gpus_per_trial < 0 or self.max_retries < 0:
+            raise ValueError(f"--cpus-per-trial must be above 0, --gpus-per-trial and --max-retries at least 0; got "
+                             f"{self.cpus_per_trial:g}, {self.gpus_per_trial:g} and {self.max_retries}")
+        if self.budget is not None:
+            raise ValueError("a simulated --budget charges queries one at a time in order: run it with the "
+                             "local runner (table lookups take microseconds; Ray would not speed them up)")
 
     @property
     def needs_latency(self) -> bool:

@@ -29,7 +29,7 @@ def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
                          f"(e.g. accuracy,latency)")
     return objectives
 
-Status = Literal["ok", "infeasible", "failed"]
+Status = Literal["ok", "infeasible", "failed", "stopped"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ class Trial:
 
 @dataclass(frozen=True)
 class Result:
-    """What evaluating a trial gave. `infeasible`: broke a constraint, never trained; `failed`: raised or NaN.
+    """What evaluating a trial gave. `infeasible`: broke a constraint, never trained; `failed`: raised or NaN;
+    `stopped`: an early-stopping scheduler (the Ray runner's ASHA) ended its training, so it has the metrics
+    of the epoch it reached and no final ones.
 
     `held_out` holds measurements that are journaled with the trial but never told to the strategy: a
     benchmark's report metric (the 200-epoch accuracy a search must not peek at), the simulated seconds
@@ -59,7 +61,12 @@ class Result:
         return self.status == "ok"
 
     def for_strategy(self) -> Result:
-        """This result as a strategy may see it: without the held-out measurements."""
+        """This result as a strategy may see it: without the held-out measurements, and a stopped trial as
+        failed. A stopped trial has no final accuracy, and its accuracy at an early epoch is not comparable with
+        finished ones; strategies know `failed` (Optuna's samplers skip it, evolution and local search never
+        pick it), and the scheduler has already judged it worse than its peers."""
+        if self.status == "stopped":
+            return Result("failed", self.metrics, f"stopped early: {self.error}" if self.error else "stopped early")
         return replace(self, held_out={}) if self.held_out else self
 
     def to_dict(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class FakeTimer:
             raise KeyboardInterrupt
         self.calls += 1
         ms = 0.05 + sum(input_shape) * 1e-3 + sum(p.numel() for p in model.parameters()) * 1e-7
-        return Latency(ms, 0.0, (ms, ms * 1.1), 2, tuple(input_shape), protocol, fingerprint(protocol))
+        return Latency(ms, 0.0, (ms, ms * 1.1), ms, 2, tuple(input_shape), protocol, fingerprint(protocol))
 
 
 # --- TinyNet's decomposition ------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def test_validate_compares_predictions_with_measurements(space, tmp_path, monkey
     table = lut.LatencyTable.load(out)
     truth = {a.key(): table.summed(space, a) * (1.3 if i == 0 else 1.0) for i, a in enumerate(archs)}
     monkeypatch.setattr(lut, "measure_arch", lambda sp, arch, protocol: Latency(
-        truth[arch.key()], 0.0, (truth[arch.key()],), 1, (1,), protocol))
+        truth[arch.key()], 0.0, (truth[arch.key()],), truth[arch.key()], 1, (1,), protocol))
     result = lut.validate(space, table, n=3, protocol=FAST)
     assert result["n"] == 3 and result["within"] == pytest.approx(2 / 3)
     assert result["rows"][0]["error"] == pytest.approx(1 / 1.3 - 1)
@@ -283,7 +283,7 @@ def test_cli_build_and_validate(space, tmp_path, monkeypatch, capsys):
                         units=[u for a in archs for u in space.latency_units(a)], progress=False)
     table = lut.LatencyTable.load(out)
     monkeypatch.setattr(lut, "measure_arch", lambda sp, arch, protocol: Latency(
-        1.1 * table.summed(sp, arch), 0.0, (1.0,), 1, (1,), protocol))
+        1.1 * table.summed(sp, arch), 0.0, (1.0,), 1.0, 1, (1,), protocol))
     assert run_cli(["latency", "validate", "tinynet", "--lut", str(out), "-n", "2"]) == 0
     printed = capsys.readouterr().out
     assert "within +-10%: 100% (2 of 2)" in printed and "Spearman rank correlation: 1.000" in printed

@@ -5,10 +5,14 @@ advertises the custom resource), with what runtime (`torch` eager or `onnxruntim
 how many threads, and how: warm-up runs, then timed runs through `torch.utils.benchmark` (which synchronises
 CUDA around its timer) until `seconds` have passed, in `rounds` separated rounds.
 
-Why rounds and a median of round medians: on a shared machine one round's median moves with whatever else
-runs at that moment (repeated medians of 30 runs varied by up to 21% here), while the median over rounds
-spread in time rejects a round that a neighbour disturbed. Every figure carries the machine's fingerprint;
-figures are cached per (fingerprint, protocol, space, architecture).
+The figure is the median over rounds of each round's fastest run: an estimate of the latency undisturbed by
+the rest of the machine. Interference only ever adds time, so on a shared machine a round's median moves
+with whatever else runs at that moment (repeated medians of 30 runs varied by up to 21% here, and the median
+of round medians by 3-7% between repeats of the protocol), while a round's fastest run stays near the
+undisturbed time and the median over rounds rejects a round in which even that was disturbed (2-3%
+between repeats; bench/latency.py). The median of every timed run, the latency under the machine's load at
+the time, is recorded beside it. Every figure carries the machine's fingerprint; figures are cached per
+(fingerprint, protocol, space, architecture).
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ class Protocol:
     batch: int = 1
     threads: int = 1
     warmup: int = 10  # untimed runs first (allocators, caches, cuDNN's autotuning)
-    rounds: int = 5  # timed rounds, spread in time; the figure is the median of their medians
+    rounds: int = 5  # timed rounds, spread in time; the figure is the median of their fastest runs
     seconds: float = 0.2  # timed run time per round (at least one run per round)
 
     def __post_init__(self) -> None:
@@ -96,24 +100,28 @@ def parse_device(text: str) -> tuple[str | None, str]:
 
 @dataclass(frozen=True)
 class Latency:
-    """One measured figure: milliseconds per batch (median of round medians), its spread, how and where."""
+    """One measured figure: milliseconds per batch (the median over rounds of each round's fastest run), its
+    spread, the median of all timed runs, how and where."""
 
     ms: float
-    spread: float  # (max - min) / median of the round medians: how far the rounds disagreed
-    rounds_ms: tuple[float, ...]
+    spread: float  # (max - min) / ms of the rounds' fastest runs: how far the rounds disagreed
+    rounds_ms: tuple[float, ...]  # each round's fastest run
+    median_ms: float  # the median of every timed run: the latency under the machine's load at the time
     runs: int  # timed runs in all
     input_shape: tuple[int, ...]
     protocol: Protocol
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ms": self.ms, "spread": self.spread, "rounds_ms": list(self.rounds_ms), "runs": self.runs,
+        return {"ms": self.ms, "spread": self.spread, "rounds_ms": list(self.rounds_ms),
+                "median_ms": self.median_ms, "runs": self.runs,
                 "input_shape": list(self.input_shape), "protocol": self.protocol.to_dict(),
                 "fingerprint": dict(self.fingerprint)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Latency:
-        return cls(float(data["ms"]), float(data["spread"]), tuple(data["rounds_ms"]), int(data["runs"]),
+        return cls(float(data["ms"]), float(data["spread"]), tuple(data["rounds_ms"]), float(data["median_ms"]),
+                   int(data["runs"]),
                    tuple(data["input_shape"]), Protocol.from_dict(data["protocol"]), dict(data["fingerprint"]))
 
 
@@ -229,13 +237,15 @@ def measure_model(model: nn.Module, input_shape: tuple[int, ...], *, protocol: P
         for _ in range(protocol.warmup):
             run()
         timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=protocol.threads)
-        medians, runs = [], 0
+        fastest, times, runs = [], [], 0
         for _ in range(protocol.rounds):
-            measured = timer.blocked_autorange(min_run_time=protocol.seconds)
-            medians.append(measured.median * 1e3)
+            measured = timer.blocked_autorange(min_run_time=protocol.seconds)  # per-run times of its blocks
+            fastest.append(min(measured.times) * 1e3)
+            times += [t * 1e3 for t in measured.times]
             runs += len(measured.times) * measured.number_per_run
-    ms = statistics.median(medians)
-    return Latency(ms, (max(medians) - min(medians)) / ms, tuple(medians), runs, shape, protocol, print_)
+    ms = statistics.median(fastest)
+    return Latency(ms, (max(fastest) - min(fastest)) / ms, tuple(fastest), statistics.median(times), runs, shape,
+                   protocol, print_)
 
 
 _CACHE: dict[tuple[str, ...], Latency] = {}
