@@ -46,6 +46,16 @@ def start(config: SearchConfig, *, console: Console | None = None, sync: bool = 
     check_budget(config.budget, task)
     costs = build_costs(config, space)
     _check_budgets(space, config.constraints, costs)
+    if config.runner == "ray":
+        from .runner.ray import check_ray_options, run_search_ray
+        from .runner.ray_cluster import ray_session
+
+        check_ray_options(config, task)
+        with ray_session(address=config.ray_address, workers=config.workers, cpus_per_trial=config.cpus_per_trial,
+                         gpus_per_trial=config.gpus_per_trial, console=console or Console(stderr=True)) as session:
+            run = RunDir.create(config, sync=sync)  # after Ray answered: a cluster that did not leaves nothing
+            components = build_components(config, run, space=space, task=task, costs=costs)
+            return run_search_ray(run, console=console, components=components, report=report, session=session)
     run = RunDir.create(config, sync=sync)
     components = build_components(config, run, space=space, task=task, costs=costs)
     return run_search(run, console=console, components=components, report=report)
@@ -59,12 +69,16 @@ def search(space: str, *, strategy: str = "bayesian", flops: str | float | None 
            out: str | Path = "runs", task: str | None = None, data: str | None = None,
            initial: Sequence[dict[str, Any]] = (), strategy_options: dict[str, Any] | None = None,
            space_options: dict[str, Any] | None = None, task_options: dict[str, Any] | None = None,
-           console: Console | None = None) -> SearchOutcome:
+           runner: str = "local", workers: int | None = None, ray_address: str | None = None,
+           scheduler: str | None = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
+           max_retries: int = 2, console: Console | None = None) -> SearchOutcome:
     """Runs a search and returns its outcome; `nasplat search` with the same arguments does the same.
 
     `trials` defaults to 8, or, under a simulated `budget` ("12000s"), to as many as the budget allows.
     `latency` ("5ms") is measured as `latency_protocol` says (a nasplat.cost.latency.Protocol as a dict:
-    device, runtime, batch, threads; CPU, torch, batch 1, one thread by default)."""
+    device, runtime, batch, threads; CPU, torch, batch 1, one thread by default). `runner="ray"` runs
+    `workers` trials at a time on Ray Tune (see nasplat.runner.ray), on a Ray instance started for the
+    search or on the cluster at `ray_address`."""
     constraints = [Constraint.parse(m, v) for m, v in (("macs", flops), ("params", params), ("latency", latency))
                    if v is not None]
     seconds = parse_time(budget, what="budget") if budget is not None else None
@@ -74,13 +88,21 @@ def search(space: str, *, strategy: str = "bayesian", flops: str | float | None 
                           initial=list(initial),
                           space_options=dict(space_options or {}), strategy_options=dict(strategy_options or {}),
                           task_options={**(task_options or {}), **({"data": data} if data else {})},
-                          objectives=list(objectives), latency=latency_protocol, lut=str(lut) if lut else None)
+                          objectives=list(objectives), latency=latency_protocol, lut=str(lut) if lut else None,
+                          runner=runner, workers=workers, ray_address=ray_address, scheduler=scheduler,
+                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_retries=max_retries)
     return start(config, console=console)
 
 
 def resume(run_dir: str | Path, *, console: Console | None = None) -> SearchOutcome:
-    """Continues a killed or interrupted run: finished trials are kept, in-flight ones rerun with the same Arch."""
-    return run_search(RunDir.open(run_dir), resume=True, console=console)
+    """Continues a killed or interrupted run on the runner it was started with: finished trials are kept,
+    in-flight ones rerun with the same Arch."""
+    run = RunDir.open(run_dir)
+    if run.config().runner == "ray":
+        from .runner.ray import run_search_ray
+
+        return run_search_ray(run, resume=True, console=console)
+    return run_search(run, resume=True, console=console)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,28 @@ def whole_number(minimum: int) -> Callable[[str], int]:
 _positive_int = whole_number(1)
 
 
+def decimal(minimum: float, *, above: bool) -> Callable[[str], float]:
+    """An argparse type: a number above `minimum` (`above`), or at least it."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value > minimum if above else value >= minimum) or value != value:
+            raise argparse.ArgumentTypeError(f"must be {'above' if above else 'at least'} {minimum:g}, got {text}")
+        return value
+    return parse
+
+
+# the flags of the Ray runner; any of them given without --runner selects it
+_RAY_FLAGS = ("workers", "ray_address", "scheduler", "cpus_per_trial", "gpus_per_trial", "max_retries")
+
+
+def _runner_options(args: argparse.Namespace) -> dict[str, object]:
+    given = {name: getattr(args, name) for name in _RAY_FLAGS if getattr(args, name) is not None}
+    return {"runner": args.runner or ("ray" if given else "local"), **given}
+
+
 def _config_from_args(args: argparse.Namespace) -> SearchConfig:
     if args.config:
         path = Path(args.config)
@@ -103,7 +125,7 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
                         trials=trials, epochs=args.epochs, timeout=parse_time(args.timeout, what="--timeout")
                         if args.timeout else None, budget=budget, seed=args.seed, out=args.out or "runs",
                         initial=initial, strategy_options=strategy_options, task_options=task_options,
-                        objectives=objectives, latency=protocol or None, lut=args.lut)
+                        objectives=objectives, latency=protocol or None, lut=args.lut, **_runner_options(args))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -243,6 +265,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", help="continue a killed or interrupted run folder")
     s.add_argument("--prior", help="a formula.json from `nasplat formula`: its prediction is evaluated first")
     s.add_argument("--dry-run", action="store_true", help="space size, cost range, time estimate; no training")
+    s.add_argument("--runner", choices=["local", "ray"], help="local: trials one at a time in this process "
+                                                              "(default); ray: in parallel on Ray Tune")
+    s.add_argument("--workers", type=_positive_int, help="ray: trials at a time (default: as many as the CPUs "
+                                                         "allow); without --ray-address, on a Ray instance "
+                                                         "started for the search")
+    s.add_argument("--ray-address", help="ray: join this cluster instead: auto, host:port (from `ray start "
+                                         "--head`) or ray://host:port")
+    s.add_argument("--scheduler", choices=["asha"], help="ray: asha stops unpromising trials at an epoch "
+                                                         "(Ray Tune's ASHA on the per-epoch accuracy)")
+    s.add_argument("--cpus-per-trial", type=decimal(0, above=True), help="ray: CPUs (and torch threads) per "
+                                                                        "trial (default 1)")
+    s.add_argument("--gpus-per-trial", type=decimal(0, above=False), help="ray: GPUs per trial (default 0)")
+    s.add_argument("--max-retries", type=whole_number(0), help="ray: times a trial whose worker died is run "
+                                                               "again (default 2)")
     s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("export", help="write a run's best architecture as JSON, weights, TorchScript, ONNX")

@@ -5,13 +5,13 @@ advertises the custom resource), with what runtime (`torch` eager or `onnxruntim
 how many threads, and how: warm-up runs, then timed runs through `torch.utils.benchmark` (which synchronises
 CUDA around its timer) until `seconds` have passed, in `rounds` separated rounds.
 
-The figure is the median over rounds of each round's fastest run: an estimate of the latency undisturbed by
-the rest of the machine. Interference only ever adds time, so on a shared machine a round's median moves
-with whatever else runs at that moment (repeated medians of 30 runs varied by up to 21% here, and the median
-of round medians by 3-7% between repeats of the protocol), while a round's fastest run stays near the
-undisturbed time and the median over rounds rejects a round in which even that was disturbed (2-3%
-between repeats; bench/latency.py). The median of every timed run, the latency under the machine's load at
-the time, is recorded beside it. Every figure carries the machine's fingerprint; figures are cached per
+The figure is the fastest timed run, with rounds spread over a few seconds (`gap` between them): an
+estimate of the latency undisturbed by the rest of the machine, as `timeit` advises. Interference only ever
+adds time, and on a shared machine it comes in phases of seconds in which every run, even a round's fastest,
+is slowed by up to 50%: repeated medians of 30 runs varied by up to 21% here, the median of round medians
+by 12-20% between repeats of a protocol, the fastest run of rounds spread over 3 s by about 4%
+(bench/latency.py). The median of every timed run, the latency under the machine's load at the time, is
+recorded beside it. Every figure carries the machine's fingerprint; figures are cached per
 (fingerprint, protocol, space, architecture).
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import os
 import platform
 import statistics
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
@@ -52,8 +53,9 @@ class Protocol:
     batch: int = 1
     threads: int = 1
     warmup: int = 10  # untimed runs first (allocators, caches, cuDNN's autotuning)
-    rounds: int = 5  # timed rounds, spread in time; the figure is the median of their fastest runs
-    seconds: float = 0.2  # timed run time per round (at least one run per round)
+    rounds: int = 10  # timed rounds, spread in time; the figure is the fastest run of them all
+    seconds: float = 0.05  # timed run time per round (at least one run per round)
+    gap: float = 0.25  # seconds between rounds, so that they sample different moments of the machine's load
 
     def __post_init__(self) -> None:
         parse_device(self.device)
@@ -62,8 +64,9 @@ class Protocol:
         for name in ("batch", "threads", "rounds"):
             if getattr(self, name) < 1:
                 raise LatencyError(f"latency {name} must be at least 1, got {getattr(self, name)}")
-        if self.warmup < 0 or not self.seconds > 0:
-            raise LatencyError(f"latency warmup must be >= 0 and seconds > 0, got {self.warmup} and {self.seconds}")
+        if self.warmup < 0 or not self.seconds > 0 or self.gap < 0:
+            raise LatencyError(f"latency warmup and gap must be >= 0 and seconds > 0, got {self.warmup}, "
+                               f"{self.gap} and {self.seconds}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,11 +103,11 @@ def parse_device(text: str) -> tuple[str | None, str]:
 
 @dataclass(frozen=True)
 class Latency:
-    """One measured figure: milliseconds per batch (the median over rounds of each round's fastest run), its
-    spread, the median of all timed runs, how and where."""
+    """One measured figure: milliseconds per batch (the fastest timed run), the spread of the rounds, the
+    median of all timed runs, how and where."""
 
     ms: float
-    spread: float  # (max - min) / ms of the rounds' fastest runs: how far the rounds disagreed
+    spread: float  # (max - min) / min of the rounds' fastest runs: how far the rounds disagreed
     rounds_ms: tuple[float, ...]  # each round's fastest run
     median_ms: float  # the median of every timed run: the latency under the machine's load at the time
     runs: int  # timed runs in all
@@ -238,13 +241,15 @@ def measure_model(model: nn.Module, input_shape: tuple[int, ...], *, protocol: P
             run()
         timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=protocol.threads)
         fastest, times, runs = [], [], 0
-        for _ in range(protocol.rounds):
+        for i in range(protocol.rounds):
+            if i and protocol.gap:
+                time.sleep(protocol.gap)
             measured = timer.blocked_autorange(min_run_time=protocol.seconds)  # per-run times of its blocks
             fastest.append(min(measured.times) * 1e3)
             times += [t * 1e3 for t in measured.times]
             runs += len(measured.times) * measured.number_per_run
-    ms = statistics.median(fastest)
-    return Latency(ms, (max(fastest) - min(fastest)) / ms, tuple(fastest), statistics.median(times), runs, shape,
+    ms = min(fastest)
+    return Latency(ms, (max(fastest) - ms) / ms, tuple(fastest), statistics.median(times), runs, shape,
                    protocol, print_)
 
 

@@ -71,10 +71,12 @@ class Unit:
 
 
 def unit_protocol(protocol: Protocol) -> Protocol:
-    """The lighter protocol units are timed with: at most 3 warm-up runs and 20 ms per round, in the user's
-    rounds up to 5 (units take from 0.1 to 10 ms, and there are thousands: about 0.2 s each)."""
-    return replace(protocol, warmup=min(protocol.warmup, 3), rounds=min(protocol.rounds, 5),
-                   seconds=min(protocol.seconds, 0.02))
+    """The lighter protocol units are timed with: at most 3 warm-up runs, 3 rounds of at most 20 ms with no
+    gap (units take from 0.1 to 10 ms, and there are thousands: about 0.1 s each). Units are profiled in a
+    shuffled order, so that a phase in which the machine runs slow spreads its error over unrelated units
+    instead of one stage's, and the errors of an architecture's units partly cancel in its sum."""
+    return replace(protocol, warmup=min(protocol.warmup, 3), rounds=min(protocol.rounds, 3),
+                   seconds=min(protocol.seconds, 0.02), gap=0.0)
 
 
 def default_path(space: SearchSpace | str, protocol: Protocol, *, root: Path | str = "runs/latency") -> Path:
@@ -235,6 +237,7 @@ def build_lut(space: SearchSpace, *, protocol: Protocol, out: Path | str, calibr
     for arch in calibration_archs:  # profile the calibration architectures' units too, whatever the list
         listed += _units_of(space, arch)
     todo = list({u.key: u for u in listed if u.key not in entries}.values())
+    random.Random(seed).shuffle(todo)
     last_save = time.monotonic()
 
     def save(force: bool = False) -> None:

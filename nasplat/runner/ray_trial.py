@@ -1,0 +1,116 @@
+"""One trial as a Ray Tune function trainable: the worker's side of the Ray runner.
+
+The trainable receives the search's fixed parts once (`TrialJob`, which tune.with_parameters puts in Ray's
+object store) and the trial in its config, runs `evaluate` as the local runner does, reports each epoch to
+Tune (so that ASHA can stop it) and then the result. Reports carry JSON strings, which Tune passes on as
+they are (it would flatten nested dicts), and the trained weights only where the trial may become the best.
+"""
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..arch import Arch
+from ..strategy import Result, Trial
+from .trial import evaluate
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..constraints import Constraint
+    from ..cost import CostModel
+    from ..space import SearchSpace
+    from ..tasks.base import TabularTask, Task
+
+# keys of the reports, which Tune hands to the driver's searcher and callback
+EPOCH = "nasplat_epoch"  # the epoch a report closes; ASHA's time attribute
+METRICS = "nasplat_metrics"  # that epoch's metrics (JSON)
+RESULT = "nasplat_result"  # the trial's Result (JSON); only the last report has it
+WEIGHTS = "nasplat_weights"  # the trained state_dict (torch.save bytes) of a trial that may be the best
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What every trial of one search shares. `key` is unique to the search: a worker keeps the first copy
+    it receives, so the task's caches (data loaded, images resized) serve all the trials it runs."""
+
+    key: str
+    space: SearchSpace
+    task: Task | TabularTask
+    constraints: Sequence[Constraint]
+    epochs: int
+    seed: int
+    costs: CostModel
+    metric: str  # the strategy's maximised metric: the one ASHA compares and the best is judged by
+    threads: int  # torch threads per trial: the CPUs reserved for it
+
+
+_JOBS: dict[str, TrialJob] = {}
+
+
+def trial_config(trial: Trial, *, ship_above: float | None) -> dict[str, Any]:
+    """A trial as Tune's config for it: the trainable ships the weights of an ok result scoring above
+    `ship_above`, the best score when the trial was asked (None: always). A result at or below it cannot
+    become the best, since the best only rises; the others cost one state_dict in the result."""
+    return {"trial": trial.id, "arch": trial.arch.to_json(), "ship_above": ship_above}
+
+
+def run_trial(config: Mapping[str, Any], job: TrialJob) -> None:
+    """The function trainable. The last epoch's report goes with the result rather than before it: one
+    round trip fewer, and a scheduler that stops trials at their last epoch cannot cut the result off."""
+    from ray import tune
+    import torch
+
+    job = _JOBS.setdefault(job.key, job)
+    torch.set_num_threads(job.threads)
+    trial = Trial(int(config["trial"]), Arch.from_json(config["arch"]))
+    last: dict[str, Any] = {}
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        report = {EPOCH: epoch, METRICS: json.dumps(metrics), **({job.metric: metrics[job.metric]}
+                                                                 if job.metric in metrics else {})}
+        if epoch >= job.epochs:
+            last.update(report)
+        else:
+            tune.report(report)
+
+    outcome = evaluate(trial, space=job.space, task=job.task, constraints=job.constraints, epochs=job.epochs,
+                       seed=job.seed, on_epoch=on_epoch, costs=job.costs)
+    final = {**last, RESULT: json.dumps(outcome.result.to_dict()), "done": True}
+    threshold = config.get("ship_above")
+    result = outcome.result
+    if outcome.model is not None and result.ok and (threshold is None or result.metrics[job.metric] > threshold):
+        final[WEIGHTS] = _state_bytes(outcome.model)
+    tune.report(final)
+
+
+def _state_bytes(model: nn.Module) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    return buffer.getvalue()
+
+
+def load_model(space: SearchSpace, task: Task | TabularTask, arch: Arch, weights: bytes) -> nn.Module:
+    """The trained model of a trial, rebuilt on the driver from the weights it shipped."""
+    import torch
+
+    model = space.build(arch, num_classes=task.num_classes)
+    model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+    return model
+
+
+def decode(result: Mapping[str, Any], *, epochs: int) -> Result | None:
+    """The nasplat Result in a trial's last Tune result: its own, or, for a trial a scheduler stopped, the
+    `stopped` Result with the metrics of the last epoch it reported. None when it reported nothing."""
+    if RESULT in result:
+        return Result.from_dict(json.loads(result[RESULT]))
+    if EPOCH in result:
+        epoch = int(result[EPOCH])
+        return Result("stopped", {**json.loads(result[METRICS]), "epoch": epoch},
+                      f"ASHA ended its training after epoch {epoch} of {epochs}")
+    return None
