@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula bench-nb201 clean
+.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula bench-nb201 bench-ray clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ bench-formula: install
 
 bench-nb201: install
 	$(VENV)/bin/nasplat bench nb201 --strategies random,evolution,local,bayesian --seeds 100 --budget 12000s --out bench/out/nb201
+
+bench-ray: install
+	$(PY) bench/ray_dispatch.py
+	$(PY) bench/ray_speedup.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

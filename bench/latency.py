@@ -97,8 +97,9 @@ def repeat_section(rows: dict, device: str) -> str:
         f"Model: TinyNet r=0.555 d=0.465 w=0.479 (the default 24M search's result) at its target 1x3x124x124, "
         f"1000 classes. Device `{device}`: {describe_fingerprint(any_row['fingerprint'])}.",
         f"Protocol: {protocol['warmup']} warm-up runs, then {protocol['rounds']} rounds of "
-        f"{protocol['seconds']} s of timed runs (torch.utils.benchmark, CUDA synchronised); the figure is the "
-        f"median over rounds of each round's fastest run; batch {protocol['batch']}, {protocol['threads']} thread(s).",
+        f"{protocol['seconds']} s of timed runs, {protocol['gap']} s apart (torch.utils.benchmark, CUDA "
+        f"synchronised); the figure is the fastest run; batch {protocol['batch']}, {protocol['threads']} thread(s). "
+        "Each repeat builds the model afresh.",
         "", *lines, "",
         "Goal: the 5 protocol figures agree within 5% (CV). CV = sample standard deviation / mean.",
     ])

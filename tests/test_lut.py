@@ -182,8 +182,8 @@ def table_file(space, tmp_path, monkeypatch):
 def test_resume_refuses_a_table_of_another_machine_or_protocol(space, table_file):
     data = json.loads(table_file.read_text())
     with pytest.raises(LatencyError, match="cannot resume .* differs in protocol, unit_protocol"):
-        lut.build_lut(space, protocol=Protocol(warmup=1, rounds=3, seconds=0.005, gap=0.0), out=table_file, calibrate=0,
-                      units=[], progress=False)
+        lut.build_lut(space, protocol=Protocol(warmup=1, rounds=3, seconds=0.005, gap=0.0), out=table_file,
+                      calibrate=0, units=[], progress=False)
     data["fingerprint"]["cpu"] = "Some Other CPU"
     table_file.write_text(json.dumps(data))
     with pytest.raises(LatencyError, match="differs in fingerprint.*Some Other CPU"):

@@ -55,6 +55,9 @@ class ToyTask(Task):
         x = torch.rand(128, 3, input_size, input_size, generator=g)
         y = (x.mean(dim=(2, 3)).argmax(1) + (x[:, 0, 0, 0] > 0.5).long()) % self.num_classes
         torch.manual_seed(seed)
+        for module in model.modules():  # weights from the seed alone, whatever this process drew before
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
         for epoch in range(1, epochs + 1):
             time.sleep(float(os.environ.get("TOY_SLEEP", "0")))

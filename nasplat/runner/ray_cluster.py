@@ -59,7 +59,8 @@ def _check_reachable(address: str) -> None:
 def _start(*, cpus: int, quiet: dict[str, Any]) -> None:
     import ray
 
-    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+    # "local": a new instance even where `ray start` runs a cluster on this machine (which ray.init would join)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
 
 
 def _join(address: str, *, quiet: dict[str, Any]) -> None:
