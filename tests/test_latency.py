@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,18 @@ def test_ray_device_measures_on_the_node_with_the_resource(ray_node):
     assert figure.fingerprint["device"] == "cpu" and figure.fingerprint["torch"] == torch.__version__
     with pytest.raises(LatencyError, match="no node of the Ray cluster advertises the resource 'jetson'.*edgebox"):
         measure_arch(space, arch, protocol=Protocol(device="ray:jetson", warmup=1, rounds=1, seconds=0.01))
+
+
+def test_the_plan_corrects_its_table_by_what_the_search_measured():
+    space = SPACES.create("toy")
+    arch = space.arch({"width": 4, "scale": 0.5})
+    plan = LatencyPlan(FAST, _Table(lambda sp, a: 2.0))
+    assert plan.estimate(space, arch) == 2.0
+    plan.observe({"latency": 3.0, "latency_predicted": 2.0})
+    plan.observe({"latency": 1.0})  # no prediction: nothing to learn
+    assert plan.estimate(space, arch) == 3.0  # while few: the largest ratio
+    for measured in (2.0, 2.2, 2.4):
+        plan.observe({"latency": measured, "latency_predicted": 2.0})
+    ratios = sorted([1.5, 1.0, 1.1, 1.2])
+    assert plan.correction == pytest.approx(statistics.quantiles(ratios, n=4)[2])
+    assert 1.2 < plan.correction < 1.5

@@ -322,17 +322,44 @@ def clear_cache() -> None:
 
 
 
-@dataclass(frozen=True)
+@dataclass
 class LatencyPlan:
     """How a search learns an architecture's latency: predicted by a lookup table before training, where
-    one is given, and always measured on the protocol's device for the architectures it trains."""
+    one is given, and always measured on the protocol's device for the architectures it trains.
+
+    The table's predictions are corrected by what the search measures (`observe`): scaled by the 75th
+    percentile of the measured/predicted ratios so far (their largest while there are fewer than 4). A table
+    is a snapshot of a machine whose speed drifts, and a width solved to the predicted limit would otherwise
+    be trained only to fail its measured check about half the time; the upper quantile leaves a margin.
+    """
 
     protocol: Protocol
     table: Any = None  # a nasplat.cost.lut.LatencyTable, or None
+    ratios: list[float] = field(default_factory=list)  # measured / predicted, as observed
 
     def estimate(self, space: SearchSpace, arch: Arch) -> float:
-        """The figure known before training, in ms: the table's prediction, else a measurement."""
-        return float(self.table.predict(space, arch)) if self.table is not None else self.measure(space, arch)
+        """The figure known before training, in ms: the table's corrected prediction, else a measurement."""
+        if self.table is None:
+            return self.measure(space, arch)
+        return self.predicted(space, arch) * self.correction
+
+    def predicted(self, space: SearchSpace, arch: Arch) -> float:
+        """The table's own prediction, in ms, before any correction."""
+        return float(self.table.predict(space, arch))
+
+    @property
+    def correction(self) -> float:
+        if not self.ratios:
+            return 1.0
+        if len(self.ratios) < 4:
+            return max(self.ratios)
+        return statistics.quantiles(self.ratios, n=4)[2]
+
+    def observe(self, metrics: Mapping[str, float]) -> None:
+        """Learns from a result that carries both the table's own prediction and a measurement (a no-op
+        otherwise)."""
+        if self.table is not None and metrics.get("latency_predicted") and "latency" in metrics:
+            self.ratios.append(float(metrics["latency"]) / float(metrics["latency_predicted"]))
 
     def measure(self, space: SearchSpace, arch: Arch) -> float:
         return measure_arch(space, arch, protocol=self.protocol).ms

@@ -1,6 +1,7 @@
 """The costs a search knows of an architecture before training it."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,11 @@ class CostModel:
         if self.latency is not None:
             costs["latency"] = self.latency.estimate(space, arch)
         return costs
+
+    def observe(self, metrics: Mapping[str, float]) -> None:
+        """Learns from a finished trial's metrics (the latency plan corrects its table by them)."""
+        if self.latency is not None:
+            self.latency.observe(metrics)
 
     @property
     def metrics(self) -> frozenset[str]:

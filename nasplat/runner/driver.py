@@ -73,6 +73,8 @@ class Driver:
         self.comp = components or build_components(self.config, run)
         check_budget(self.config.budget, self.comp.task)
         self.finished = run.results()
+        for _, result in sorted(self.finished.items()):  # the latency plan's corrections, as the run learnt them
+            self.comp.costs.observe(result[1].metrics)
         self.pending: list[Trial] = []  # asked and not told, in the order asked
         self.reruns: list[Trial] = []  # pending trials of a killed run, not handed out again yet
         if resume:
@@ -149,6 +151,7 @@ class Driver:
         a crash before it leaves this trial pending there and told in the journal, which a resume tells the
         strategy again (one snapshot per trial, not two)."""
         self.run.told(trial, result)
+        self.comp.costs.observe(result.metrics)
         self.comp.strategy.tell(trial, result.for_strategy())
         self.pending.remove(trial)
         if result.status == "infeasible":

@@ -32,7 +32,7 @@ class Outcome:
 def _costs(space: SearchSpace, arch: Arch, constraints: Sequence[Constraint],
            cost_model: CostModel) -> dict[str, float] | Result:
     """The costs known before training, or the Result of an Arch that cannot be measured or breaks a
-    constraint. A latency that a lookup table predicted is kept as `latency_predicted`."""
+    constraint. A latency that a lookup table predicted is kept as `latency_predicted`, uncorrected."""
     try:
         costs = cost_model(space, arch)
     except LatencyError:
@@ -40,9 +40,13 @@ def _costs(space: SearchSpace, arch: Arch, constraints: Sequence[Constraint],
     except Exception as exc:  # a space that cannot build this Arch: record it, keep searching
         return Result("failed", {}, f"cost measurement: {type(exc).__name__}: {exc}")
     broken = violations(constraints, costs)
-    if cost_model.latency is not None and cost_model.latency.table is not None:
-        costs["latency_predicted"] = costs.pop("latency")
-        broken = [f"predicted {b}" if b.startswith("latency") else b for b in broken]
+    plan = cost_model.latency
+    if plan is not None and plan.table is not None:  # the estimate is the table's, corrected: keep both apart
+        costs.pop("latency")
+        costs["latency_predicted"] = plan.predicted(space, arch)
+        broken = [f"predicted {b}" + (f" (table {format_ms(costs['latency_predicted'])} x {plan.correction:.3g}, "
+                                      f"the correction learnt from measurements)" if plan.correction != 1 else "")
+                  if b.startswith("latency") else b for b in broken]
     return Result("infeasible", costs, "; ".join(broken)) if broken else costs
 
 
