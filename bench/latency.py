@@ -123,12 +123,33 @@ def lut_stage(device: str, out: Path, validate_n: int) -> dict:
             "validation": report}
 
 
+def lut_subset_stage(device: str, runtime: str, out: Path, validate_n: int) -> dict:
+    """A table restricted to the ops of the architectures it is validated on (and calibrated on): checks the
+    method on a runtime whose full table would take long to build (ONNX Runtime exports every op)."""
+    from nasplat.cost.lut import LatencyTable, build_lut, random_archs, validate
+
+    space = SPACES.create("tinynet")
+    protocol = Protocol(device=device, runtime=runtime)
+    units = [u for arch in random_archs(space, validate_n, seed="validate-1") for u in space.latency_units(arch)]
+    start = time.perf_counter()
+    path = build_lut(space, protocol=protocol, out=out / f"tinynet-lut-{runtime}-subset.json", units=units)
+    build_seconds = time.perf_counter() - start
+    table = LatencyTable.load(path)
+    start = time.perf_counter()
+    report = validate(space, table, n=validate_n, seed=1, protocol=protocol)
+    return {"table": str(path), "entries": len(table.entries), "build_seconds": build_seconds,
+            "validate_seconds": time.perf_counter() - start, "calibration": table.calibration,
+            "validation": report, "runtime": runtime, "subset": True}
+
+
 def lut_section(data: dict, device: str) -> str:
     v = data["validation"]
     rows = v["rows"]
     errors = sorted(abs(r["predicted"] / r["measured"] - 1) for r in rows)
+    what = (f"the ops of the {len(rows)} validation and 10 calibration architectures only, runtime "
+            f"{data['runtime']}" if data.get("subset") else "every op configuration of the TinyNet space")
     return "\n".join([
-        f"Table: {data['entries']} op configurations of the TinyNet space profiled on `{device}` in "
+        f"Table: {data['entries']} op configurations ({what}) profiled on `{device}` in "
         f"{format_time(data['build_seconds'])} (resumable; `nasplat latency build-lut tinynet --device {device}`), "
         f"calibration ({data['calibration']['method']}, Theil-Sen on {data['calibration']['n']} whole architectures): "
         f"predicted = {data['calibration']['scale']:.3f} x summed {data['calibration']['offset_ms']:+.3f} ms.",
@@ -253,6 +274,10 @@ def main() -> None:
     if "lut" in stages:
         data = _cached(out / "lut.json", args.fresh, lambda: lut_stage(args.device, out, args.validate))
         write_section(f"Latency lookup table accuracy {title}", lut_section(data, args.device))
+    if "lut-ort" in stages:
+        data = _cached(out / "lut-ort.json", args.fresh,
+                       lambda: lut_subset_stage(args.device, "onnxruntime", out, args.validate))
+        write_section(f"Latency lookup table accuracy, ONNX Runtime {title}", lut_section(data, args.device))
     if "drift" in stages:
         data = _cached(out / "drift.json", args.fresh, lambda: drift_stage(args.device, out, 20))
         write_section(f"Latency lookup table: method error against machine drift {title}", drift_section(data))
