@@ -252,3 +252,11 @@ def test_the_plan_corrects_its_table_by_what_the_search_measured():
     ratios = sorted([1.5, 1.0, 1.1, 1.2])
     assert plan.correction == pytest.approx(statistics.quantiles(ratios, n=4)[2])
     assert 1.2 < plan.correction < 1.5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_training_on_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    code = main(["search", "tinynet", "--flops", "24M", "--train-device", "cuda", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--train-device cuda: this machine has no CUDA GPU" in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())

@@ -52,7 +52,13 @@ class ClassificationTask(Task):
         self.grad_clip = grad_clip
         self.limit_train = limit_train
         self.limit_val = limit_val
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"--train-device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--train-device {device}: this machine has no CUDA GPU that torch can use "
+                             f"(torch {torch.__version__}); train on cpu")
         self.threads = threads
         self._data: datasets.ImageData | None = None
         self._resized: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
