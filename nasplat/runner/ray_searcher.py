@@ -33,6 +33,10 @@ class TuneEvents(Callback):
         self.weights: dict[str, bytes] = {}  # Tune trial id -> weights, until the searcher records the trial
         self.trials: dict[str, TuneTrial] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Left out of tuner.pkl with the driver, as StrategySearcher is (see there)."""
+        return {**self.__dict__, "driver": None}
+
     def on_trial_start(self, iteration: int, trials: list, trial: TuneTrial, **info: Any) -> None:
         self.trials[trial.trial_id] = trial
 
@@ -75,6 +79,11 @@ class StrategySearcher(Searcher):
         self.live: dict[str, Trial] = {}  # Tune trial id -> the nasplat trial it runs
         self.reason = "done"
         self.crash: BaseException | None = None  # an error of the strategy or the journal: ends the search
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its searcher into tuner.pkl for `Tuner.restore`; nasplat resumes from the run's journal
+        instead, and the driver (an Optuna storage, a console: locks) cannot be pickled, so it is left out."""
+        return {**self.__dict__, "driver": None, "events": None}
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # the strategy knows its metric; the space is nasplat's, not a Tune param_space
