@@ -12,9 +12,9 @@ from rich.console import Console
 from .constraints import FLAGS, METRICS, Constraint, format_metric
 from .cost import CostModel, measure
 from .registry import SPACES, STRATEGIES
-from .run import DEFAULT_TRIALS, RunDir, SearchConfig
+from .run import RunDir, SearchConfig, default_trials
 from .runner.budget import check_budget
-from .runner.components import build_components, build_costs, build_task
+from .runner.components import build_components, build_costs, build_task, create_space
 from .runner.local import SearchOutcome, run_search
 from .space import SearchSpace
 from .units import parse_time
@@ -34,14 +34,26 @@ def _check_budgets(space: SearchSpace, constraints: Sequence[Constraint], costs:
                              f"{METRICS[c.metric]} {value}); give at least {value}")
 
 
+def _check_one_shot(config: SearchConfig) -> None:
+    if config.trials != 1:
+        raise ValueError(f"strategy {config.strategy!r} trains a supernet and derives one architecture: it evaluates "
+                         f"exactly one trial (leave out --trials, or give --trials 1)")
+    if config.runner != "local" or config.budget is not None:
+        raise ValueError(f"strategy {config.strategy!r} trains one supernet in one process: run it with the local "
+                         f"runner and without a simulated --budget")
+
+
 def start(config: SearchConfig, *, console: Console | None = None, sync: bool = True,
           report: bool = True) -> SearchOutcome:
     """Validates the configuration (before anything is written), creates runs/<id>/ and searches.
 
     `sync=False` and `report=False` suit searches that are cheap to redo, such as a benchmark's table
     lookups (see RunDir and run_search)."""
-    space = SPACES.create(config.space, **config.space_options)
-    STRATEGIES.get(config.strategy).takes(config.objectives)
+    space = create_space(config)
+    strategy = STRATEGIES.get(config.strategy)
+    strategy.takes(config.objectives)
+    if strategy.one_shot:
+        _check_one_shot(config)
     task = build_task(config, space)
     check_budget(config.budget, task)
     costs = build_costs(config, space)
@@ -82,7 +94,7 @@ def search(space: str, *, strategy: str = "bayesian", flops: str | float | None 
     constraints = [Constraint.parse(m, v) for m, v in (("macs", flops), ("params", params), ("latency", latency))
                    if v is not None]
     seconds = parse_time(budget, what="budget") if budget is not None else None
-    trials = trials if trials is not None else (None if seconds is not None else DEFAULT_TRIALS)
+    trials = trials if trials is not None else default_trials(strategy, budget=seconds)
     config = SearchConfig(space=space, strategy=strategy, task=task, constraints=constraints, trials=trials,
                           epochs=epochs, timeout=timeout, budget=seconds, seed=seed, out=str(out),
                           initial=list(initial),
@@ -118,7 +130,7 @@ class DryRun:
 
 def dry_run(config: SearchConfig, *, samples: int = 8) -> DryRun:
     """What a search would face, without training: space size, cost range of random samples, feasibility."""
-    space = SPACES.create(config.space, **config.space_options)
+    space = create_space(config)
     cost_model = build_costs(config, space)
     _check_budgets(space, config.constraints, cost_model)
     rng = random.Random(config.seed)

@@ -9,11 +9,12 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from .constraints import Constraint
-from .run import DEFAULT_TRIALS, RunDir, RunError, SearchConfig
+from .run import DEFAULT_TRIALS, RunDir, RunError, SearchConfig, default_trials
 from .units import format_count, format_time, parse_time
 
 console = Console(stderr=True, highlight=False)
@@ -83,6 +84,25 @@ def decimal(minimum: float, *, above: bool) -> Callable[[str], float]:
 _RAY_FLAGS = ("workers", "ray_address", "scheduler", "cpus_per_trial", "gpus_per_trial", "max_retries")
 
 
+def option(text: str) -> tuple[str, object]:
+    """KEY=VALUE, the value read as JSON where it is JSON (8, 0.5, true, [1, 2]) and as a string otherwise."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. channels=16)")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+class _Options(argparse.Action):
+    """Collects repeated KEY=VALUE flags into one dict."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        getattr(namespace, self.dest).update([values])
+
+
 def _runner_options(args: argparse.Namespace) -> dict[str, object]:
     given = {name: getattr(args, name) for name in _RAY_FLAGS if getattr(args, name) is not None}
     return {"runner": args.runner or ("ray" if given else "local"), **given}
@@ -112,19 +132,20 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
                           for k in protocol) or "--lut"
         raise UsageError(f"{given} set(s) how latency is measured, but nothing asks for latency: add a limit "
                          f"(--latency 5ms) or --objective accuracy,latency")
-    task_options = {k: v for k, v in (("data", args.data), ("device", args.train_device)) if v}
-    strategy_options = {"sampler": args.sampler} if args.sampler else {}
+    task_options = {**args.task_option, **{k: v for k, v in (("data", args.data), ("device", args.train_device)) if v}}
+    strategy_options = {**args.strategy_option, **({"sampler": args.sampler} if args.sampler else {})}
     initial = []
     if args.prior:
         from .formula import Formula
 
         initial = Formula.load(args.prior).initial_points(args.space, constraints)
     budget = parse_time(args.budget, what="--budget") if args.budget else None
-    trials = args.trials if args.trials is not None else (None if budget is not None else DEFAULT_TRIALS)
+    trials = args.trials if args.trials is not None else default_trials(args.strategy, budget=budget)
     return SearchConfig(space=args.space, strategy=args.strategy, task=args.task, constraints=constraints,
                         trials=trials, epochs=args.epochs, timeout=parse_time(args.timeout, what="--timeout")
                         if args.timeout else None, budget=budget, seed=args.seed, out=args.out or "runs",
                         initial=initial, strategy_options=strategy_options, task_options=task_options,
+                        space_options=args.space_option,
                         objectives=objectives, latency=protocol or None, lut=args.lut, **_runner_options(args))
 
 
@@ -188,12 +209,16 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from .registry import SPACES, STRATEGIES, TASKS
+    from .runner.components import user_options
 
     for title, registry in (("spaces", SPACES), ("strategies", STRATEGIES), ("tasks", TASKS)):
         print(f"{title}:")
         for name in registry.names(args.pattern):
             doc = (registry.get(name).__doc__ or "").strip().splitlines()
             print(f"  {name:<16} {doc[0] if doc else ''}")
+            options = user_options(registry.get(name))
+            if options:
+                print(f"  {'':<16} options: {', '.join(sorted(options))}")
     return 0
 
 
@@ -235,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("space", nargs="?", help="search space (see `nasplat list`)")
     s.add_argument("--strategy", default="bayesian", help="search strategy (default: bayesian)")
     s.add_argument("--sampler", help="bayesian only: tpe | gp | cmaes | nsga2 | random (default tpe)")
-    s.add_argument("--flops", help="MAC budget, e.g. 24M (the papers' FLOPs; fvcore conv/linear/matmul MACs)")
+    s.add_argument("--flops", help="MAC budget, e.g. 24M (the papers' FLOPs; fvcore conv/linear/matmul MACs; for "
+                                   "binarized spaces full-precision MACs + BOPs/64, the binary-network papers' rule)")
     s.add_argument("--params", help="parameter budget, e.g. 3M")
     s.add_argument("--latency", help="latency limit on --device at batch --latency-batch, e.g. 5ms; checked before "
                                      "training (predicted with --lut, else measured) and measured on the result")
@@ -264,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="rerun from a run's config.json")
     s.add_argument("--resume", help="continue a killed or interrupted run folder")
     s.add_argument("--prior", help="a formula.json from `nasplat formula`: its prediction is evaluated first")
+    for kind, example in (("space", "channels=16"), ("strategy", "order=2"), ("task", "limit_train=2000")):
+        s.add_argument(f"--{kind}-option", type=option, action=_Options, default={}, metavar="KEY=VALUE",
+                       help=f"an option of the {kind}, e.g. {example}; repeatable (`nasplat list` names them)")
     s.add_argument("--dry-run", action="store_true", help="space size, cost range, time estimate; no training")
     s.add_argument("--runner", choices=["local", "ray"], help="local: trials one at a time in this process "
                                                               "(default); ray: in parallel on Ray Tune")

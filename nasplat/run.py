@@ -31,6 +31,16 @@ _RAY_DEFAULTS = {"workers": None, "ray_address": None, "scheduler": None, "cpus_
                  "gpus_per_trial": 0.0, "max_retries": 2}
 
 
+def default_trials(strategy: str, *, budget: float | None) -> int | None:
+    """Trials of a search that names none: one for a one-shot strategy (its derived architecture), as many as a
+    simulated budget allows, else DEFAULT_TRIALS."""
+    from .registry import STRATEGIES
+
+    if getattr(STRATEGIES.get(strategy), "one_shot", False):
+        return 1
+    return None if budget is not None else DEFAULT_TRIALS
+
+
 class RunError(ValueError):
     """A folder that is no run, or a run that cannot do what was asked (one line, for the CLI)."""
 

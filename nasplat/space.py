@@ -159,6 +159,7 @@ class SearchSpace(ABC):
 
     name: ClassVar[str]
     default_task: ClassVar[str] = "classification"
+    default_task_options: ClassVar[dict[str, Any]] = {}  # options of the default task that suit this space
 
     def __init__(self, **options: Any):
         self.options = options

@@ -97,6 +97,7 @@ class Strategy(ABC):
     name: str
     metric: str = "accuracy"
     multi_objective: ClassVar[bool] = False
+    one_shot: ClassVar[bool] = False  # trains a supernet before its one ask (OneShotStrategy)
 
     def __init__(self, space: SearchSpace, *, seed: int = 0, constraints: Sequence[Constraint] = (),
                  initial: Sequence[Mapping[str, Any]] = (), workdir: Path | None = None,
@@ -150,3 +151,44 @@ class Strategy(ABC):
         self.initial = [dict(p) for p in state["initial"]]
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
+
+
+class OneShotStrategy(Strategy):
+    """Trains a weight-sharing supernet and derives one architecture (DARTS, PC-DARTS, CP-NAS, the bandits).
+
+    The runner calls `search(session)` first: it trains the supernet, checkpointing through the session so that
+    a killed run resumes where it stopped, and returns the derived Arch, which it must also keep as
+    `self.derived`. From then on the strategy is an ask/tell strategy of one trial: `ask()` gives the derived
+    Arch, which the runner evaluates like any other (constraints checked, trained from scratch on the proxy,
+    exported as best/). Options arrive as keyword arguments (`--strategy-option key=value`).
+    """
+
+    one_shot: ClassVar[bool] = True
+
+    def __init__(self, space: SearchSpace, **common: Any):
+        if common.get("initial"):
+            raise ValueError(f"strategy {self.name!r} derives its architecture from a supernet: it takes no --prior")
+        super().__init__(space, **common)
+        self.derived: Arch | None = None
+        self.told: Result | None = None
+
+    @abstractmethod
+    def search(self, session: Any) -> Arch:
+        """Trains the supernet (resuming from the session's checkpoint) and returns the derived Arch."""
+
+    def ask(self) -> Trial:
+        if self.derived is None:
+            raise RuntimeError(f"{self.name}: search() must derive an architecture before the first ask")
+        trial = Trial(self.next_id, self.derived)
+        self.next_id += 1
+        return trial
+
+    def tell(self, trial: Trial, result: Result) -> None:
+        self.told = result
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "derived": self.derived.to_dict() if self.derived is not None else None}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        super().restore(state)
+        self.derived = Arch.from_dict(state["derived"]) if state.get("derived") else None

@@ -1,16 +1,18 @@
 """What every runner builds from a SearchConfig: the space, the task, the strategy; and the best bundle."""
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..arch import Arch
 from ..cost import CostModel
 from ..cost.latency import LatencyPlan, Protocol, fingerprint
-from ..registry import SPACES, STRATEGIES, TASKS
+from ..registry import SPACES, STRATEGIES, TASKS, Registry
 
-COST_METRICS = ("macs", "params", "latency", "latency_predicted")  # what a bundle's "costs" hold
+COST_METRICS = ("macs", "params", "fp_macs", "bops", "size_bits", "latency", "latency_predicted")  # what a bundle's "costs" hold
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,23 +53,62 @@ def build_costs(config: SearchConfig, space: SearchSpace) -> CostModel:
     return CostModel(latency=LatencyPlan(protocol, table))
 
 
+def create(registry: Registry[Any], name: str, options: Mapping[str, Any], *args: Any, **fixed: Any) -> Any:
+    """registry.create(name, *args, **fixed, **options), with an option the plug-in does not take reported as
+    one line naming the options it does take (`options` are the user's --space/--strategy/--task-option)."""
+    cls = registry.get(name)
+    taken = _keywords(cls)
+    unknown = sorted(set(options) - taken) if taken is not None else []
+    if unknown:
+        flag = {"search space": "--space-option", "strategy": "--strategy-option", "task": "--task-option"}
+        raise ValueError(f"{registry.kind} {name!r} takes no option {', '.join(map(repr, unknown))} "
+                         f"({flag.get(registry.kind, 'option')}); it takes: "
+                         f"{', '.join(sorted(taken - set(fixed))) or 'none'}")
+    return cls(*args, **fixed, **options)
+
+
+def _keywords(cls: type) -> set[str] | None:
+    """The keyword arguments a class's constructor chain accepts (None when it takes any)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind == p.KEYWORD_ONLY}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names
+    return None
+
+
+COMMON_OPTIONS = frozenset({"seed", "constraints", "initial", "workdir", "objectives", "costs"})  # set by the runner
+
+
+def user_options(cls: type) -> set[str]:
+    """The options a user may set on a plug-in with --space/--strategy/--task-option."""
+    return (_keywords(cls) or set()) - COMMON_OPTIONS
+
+
+def create_space(config: SearchConfig) -> SearchSpace:
+    return create(SPACES, config.space, config.space_options)
+
+
 def build_task(config: SearchConfig, space: SearchSpace) -> Task | TabularTask:
+    """The search's task; the space's own defaults for its default task (binary cells train at 32 px)."""
     name = config.task or space.default_task
-    try:
-        return TASKS.create(name, **config.task_options)
-    except TypeError as exc:  # an option the task does not take
-        raise ValueError(f"task {name!r} does not take the options {sorted(config.task_options)} ({exc})") from None
+    defaults = space.default_task_options if name == space.default_task else {}
+    return create(TASKS, name, {**defaults, **config.task_options})
 
 
 def build_components(config: SearchConfig, run: RunDir | None, *, space: SearchSpace | None = None,
                      task: Task | None = None, costs: CostModel | None = None) -> Components:
     """`space`, `task` and `costs` may come prebuilt (the API builds them first to reject bad input early)."""
-    space = space or SPACES.create(config.space, **config.space_options)
+    space = space or create_space(config)
     task = task or build_task(config, space)
     costs = costs or build_costs(config, space)
-    strategy = STRATEGIES.create(config.strategy, space, seed=config.seed, constraints=config.constraints,
-                                 initial=config.initial, workdir=run.path if run else None,
-                                 objectives=config.objectives, costs=costs, **config.strategy_options)
+    strategy = create(STRATEGIES, config.strategy, config.strategy_options, space, seed=config.seed,
+                      constraints=config.constraints, initial=config.initial, workdir=run.path if run else None,
+                      objectives=config.objectives, costs=costs)
     epochs = config.epochs if config.epochs is not None else task.default_epochs
     return Components(space, task, strategy, epochs, costs)
 

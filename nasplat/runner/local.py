@@ -11,6 +11,7 @@ from ..tasks.base import CHARGE, TabularTask
 from .budget import SimulatedClock
 from .components import Components
 from .driver import MAX_FREE_IN_A_ROW, Driver, SearchOutcome
+from .oneshot import supernet_phase
 from .trial import evaluate
 
 __all__ = ["SearchOutcome", "run_search"]
@@ -27,6 +28,11 @@ def run_search(run: RunDir, *, resume: bool = False, console: Console | None = N
     console = console or Console(stderr=True)
     driver = Driver(run, resume=resume, console=console, components=components)
     config, comp = driver.config, driver.comp
+    if comp.strategy.one_shot:  # trains the supernet first; its derived architecture is then the one trial
+        try:
+            supernet_phase(run, comp.strategy, comp.task, console=console)
+        except KeyboardInterrupt:
+            return driver.finish(driver.interrupted(), report=report)
     clock = SimulatedClock(comp.task, comp.space, epochs=comp.epochs, budget=config.budget,
                            finished=driver.finished.values()) if isinstance(comp.task, TabularTask) else None
     by_budget = config.trials is None and clock is not None and config.budget is not None

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+import torch
 from torch import nn
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -30,6 +31,23 @@ class Task(ABC):
 
         `on_epoch(epoch, metrics)` is called after every epoch, so early-stopping schedulers can act.
         """
+
+    # -- for one-shot strategies, which train a supernet on the task's data with their own loop ---------------
+    # Parts: "weights" and "architecture" are the two halves of the training split (DARTS's bi-level split),
+    # "train" the whole of it, "val" the validation split. A task without these cannot train a supernet.
+
+    def batches(self, part: Literal["train", "weights", "architecture", "val"], *, input_size: int,
+                batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One shuffled pass (by `seed`) over `part`: model-ready inputs and targets, on the task's device."""
+        raise NotImplementedError(f"task {self.name!r} cannot feed a supernet; one-shot strategies need a task "
+                                  f"with batches(), loss() and evaluate() (e.g. classification)")
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"task {self.name!r} has no training loss for one-shot strategies")
+
+    def evaluate(self, model: nn.Module, *, input_size: int, limit: int | None = None) -> dict[str, float]:
+        """Validation metrics ("accuracy" in %) of a trained model, on the first `limit` validation items."""
+        raise NotImplementedError(f"task {self.name!r} cannot evaluate a supernet's sub-networks")
 
     def input_size(self, scale: float) -> int:
         """Proxy input side for a space's proxy_scale: round(scale x base resolution)."""

@@ -10,6 +10,7 @@ import copy
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -147,6 +148,36 @@ class ClassificationTask(Task):
             if on_epoch is not None:
                 on_epoch(epoch + 1, dict(metrics))
         return metrics
+
+    # -- one-shot strategies ----------------------------------------------------------------------------------
+
+    def batches(self, part: str, *, input_size: int, batch_size: int,
+                seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        data = self.data()
+        train_x, val_x = self._at_size(input_size)
+        mean, std = _channel_stats(train_x)
+        half = len(train_x) // 2
+        images, labels = {"train": (train_x, data.train_y), "weights": (train_x[:half], data.train_y[:half]),
+                          "architecture": (train_x[half:], data.train_y[half:]),
+                          "val": (val_x, data.val_y)}[part]
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+        mean, std = mean.to(self.device), std.to(self.device)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            yield self._prepare(images[idx], mean, std), labels[idx].to(self.device)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target)
+
+    def evaluate(self, model: nn.Module, *, input_size: int, limit: int | None = None) -> dict[str, float]:
+        data = self.data()
+        train_x, val_x = self._at_size(input_size)
+        mean, std = (t.to(self.device) for t in _channel_stats(train_x))
+        was_training = model.training
+        try:
+            return self._evaluate(model, val_x[:limit], data.val_y[:limit], mean, std)
+        finally:
+            model.train(was_training)
 
     def estimate_seconds(self, model: nn.Module, *, input_size: int, epochs: int, probe_steps: int = 3) -> float:
         """Wall seconds `train_eval` would take, from timing a few training steps on random batches
