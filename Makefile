@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula bench-nb201 bench-ray clean
+.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula bench-nb201 bench-ray bench-oneshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,11 @@ bench-nb201: install
 bench-ray: install
 	$(PY) bench/ray_dispatch.py
 	$(PY) bench/ray_speedup.py
+
+bench-oneshot: install
+	$(PY) bench/supernet_step.py
+	$(PY) bench/oneshot_search.py
+	$(PY) bench/cp_supervision.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

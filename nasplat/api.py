@@ -14,7 +14,7 @@ from .cost import CostModel, measure
 from .registry import SPACES, STRATEGIES
 from .run import RunDir, SearchConfig, default_trials
 from .runner.budget import check_budget
-from .runner.components import build_components, build_costs, build_task, create_space
+from .runner.components import build_components, build_costs, build_task, check_options, create_space
 from .runner.local import SearchOutcome, run_search
 from .space import SearchSpace
 from .units import parse_time
@@ -34,7 +34,11 @@ def _check_budgets(space: SearchSpace, constraints: Sequence[Constraint], costs:
                              f"{METRICS[c.metric]} {value}); give at least {value}")
 
 
-def _check_one_shot(config: SearchConfig) -> None:
+def _check_one_shot(config: SearchConfig, space: SearchSpace) -> None:
+    if not hasattr(space, "supernet"):
+        raise ValueError(f"space {space.name!r} has no weight-sharing supernet, which strategy {config.strategy!r} "
+                         f"trains; use a multi-trial strategy (random, evolution, local, bayesian) or a space "
+                         f"with one (binary-cells)")
     if config.trials != 1:
         raise ValueError(f"strategy {config.strategy!r} trains a supernet and derives one architecture: it evaluates "
                          f"exactly one trial (leave out --trials, or give --trials 1)")
@@ -50,10 +54,10 @@ def start(config: SearchConfig, *, console: Console | None = None, sync: bool = 
     `sync=False` and `report=False` suit searches that are cheap to redo, such as a benchmark's table
     lookups (see RunDir and run_search)."""
     space = create_space(config)
-    strategy = STRATEGIES.get(config.strategy)
+    strategy = check_options(STRATEGIES, config.strategy, config.strategy_options)
     strategy.takes(config.objectives)
     if strategy.one_shot:
-        _check_one_shot(config)
+        _check_one_shot(config, space)
     task = build_task(config, space)
     check_budget(config.budget, task)
     costs = build_costs(config, space)

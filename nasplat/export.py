@@ -264,7 +264,8 @@ def write_onnx(model: nn.Module, path: Path, shape: tuple[int, ...]) -> dict[str
     """torch.export-based ("dynamo") export, the supported path since torch 2.9, with a dynamic batch
     axis; a model torch.export cannot capture falls back to the deprecated TorchScript-based exporter.
     Returns how the file was made, for arch.json's "verified"."""
-    example = (torch.zeros(shape),)
+    # a batch of 2: torch.export specialises a dimension of size 1, which then cannot be the dynamic batch axis
+    example = (torch.zeros((2, *shape[1:])),)
     with torch.no_grad():
         count = len(_leaves(model(*example)))
     outputs = ["output"] if count == 1 else [f"output{i}" for i in range(count)]

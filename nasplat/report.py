@@ -74,6 +74,10 @@ def write_report(run_dir: str | Path) -> Path:
     _save(_pareto_figure(run), folder / "pareto.png")
     _save(_progress_figure(run), folder / "progress.png")
     text = _summary(run) + "\n![Pareto front](pareto.png)\n\n![Search progress](progress.png)\n"
+    best = run.best()
+    if best is not None and run.space is not None and hasattr(run.space, "draw"):  # spaces of cells draw them
+        drawn = run.space.draw(Arch.from_dict(best["arch"]), folder / "cells")
+        text += "".join(f"\n![{p.stem} cell](cells/{p.name})\n" for p in drawn)
     _replace(folder / "summary.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return folder
 
@@ -121,6 +125,12 @@ def _summary(run: _Run) -> str:
         lines.append(f"| {rank} | {result['trial']} | {_accuracy(result):.2f} | "
                      f"{_count(result['metrics'].get('macs'))} | {_count(result['metrics'].get('params'))} | "
                      f"`{run.describe(result['arch'])}` |")
+    supernet = [e for e in run.events if e.get("event") == "supernet"]
+    derived = run.last("derived")
+    if derived is not None:
+        lines += ["", "## Supernet", "",
+                  f"{len(supernet)} checkpointed steps (epochs, rounds or sampled paths; see journal.jsonl), then "
+                  f"derived: `{derived.get('genotype', '?')}`"]
     lines += [
         "", "## Use it", "",
         f"    nasplat export {run.path} --format json,torchscript,onnx --out DIR",

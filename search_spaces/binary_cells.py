@@ -49,55 +49,96 @@ def edge_of(node: int, source: int) -> int:
 
 # -- operations -----------------------------------------------------------------------------------------------
 
-def _relu(mode: str) -> nn.Module:
-    """ReLU before a convolution, except where the convolution binarizes its input (sign replaces it)."""
-    return nn.Identity() if mode == "both" else nn.ReLU()
+CHANNELS_LAST = torch.channels_last  # depthwise convolutions run 2-3x faster in it on CPU (measured)
 
 
-class ConvUnit(nn.Sequential):
-    """ReLU, depthwise k x k (dilated), pointwise 1 x 1, BN; with binarized activations BNs sit between the
-    convolutions, so that each sign sees a normalised input (CP-NAS's binarized separable convolution)."""
+class ConvUnit(nn.Module):
+    """Depthwise k x k (dilated), pointwise 1 x 1, BN; its input is already ReLU'd (the op's `prep`). With
+    binarized activations a BN sits between the convolutions, so that each sign sees a normalised input
+    (CP-NAS's binarized separable convolution). The convolutions run channels-last, batch norm does not (it
+    is slower so on few channels)."""
 
-    def __init__(self, c_in: int, c_out: int, k: int, stride: int, dilation: int, mode: str, affine: bool):
-        pad = dilation * (k - 1) // 2
-        layers: list[nn.Module] = [_relu(mode), BinaryConv2d(c_in, c_in, k, stride, pad, dilation, groups=c_in,
-                                                              mode=mode)]
-        if mode == "both":
-            layers.append(nn.BatchNorm2d(c_in, affine=affine))
-        layers += [BinaryConv2d(c_in, c_out, 1, mode=mode), nn.BatchNorm2d(c_out, affine=affine)]
-        super().__init__(*layers)
+    def __init__(self, c_in: int, c_out: int, k: int, stride: int, dilation: int, mode: str, affine: bool, *,
+                 relu: bool = False):
+        super().__init__()
+        self.relu = nn.ReLU() if relu and mode != "both" else nn.Identity()
+        self.depthwise = BinaryConv2d(c_in, c_in, k, stride, dilation * (k - 1) // 2, dilation, groups=c_in,
+                                      mode=mode)
+        self.middle = nn.BatchNorm2d(c_in, affine=affine) if mode == "both" else nn.Identity()
+        self.pointwise = BinaryConv2d(c_in, c_out, 1, mode=mode)
+        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.depthwise(self.relu(x).contiguous(memory_format=CHANNELS_LAST))
+        return self.bn(self.pointwise(self.middle(x)).contiguous())
 
 
 class FactorizedReduce(nn.Module):
-    """Halves the resolution with two 1 x 1 stride-2 convolutions on offset grids, concatenated."""
+    """Halves the resolution with two 1 x 1 convolutions on the even and the odd grid, concatenated (the
+    grids are sliced first: a strided 1 x 1 convolution computes the same, several times slower on CPU)."""
 
-    def __init__(self, c_in: int, c_out: int, mode: str, affine: bool):
+    def __init__(self, c_in: int, c_out: int, mode: str, affine: bool, *, relu: bool = False):
         super().__init__()
-        self.relu = _relu(mode)
-        self.conv1 = BinaryConv2d(c_in, c_out // 2, 1, 2, mode=mode)
-        self.conv2 = BinaryConv2d(c_in, c_out - c_out // 2, 1, 2, mode=mode)
+        self.relu = nn.ReLU() if relu and mode != "both" else nn.Identity()
+        self.conv1 = BinaryConv2d(c_in, c_out // 2, 1, mode=mode)
+        self.conv2 = BinaryConv2d(c_in, c_out - c_out // 2, 1, mode=mode)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
-        return self.bn(torch.cat([self.conv1(x), self.conv2(F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1)))], dim=1))
+        odd = F.pad(x, (0, 1, 0, 1))[:, :, 1::2, 1::2]  # zero beyond an odd edge, like the strided original
+        return self.bn(torch.cat([self.conv1(x[:, :, ::2, ::2]), self.conv2(odd)], dim=1))
 
 
 def _preprocess(c_in: int, c_out: int, mode: str, affine: bool) -> nn.Module:
-    return nn.Sequential(_relu(mode), BinaryConv2d(c_in, c_out, 1, mode=mode), nn.BatchNorm2d(c_out, affine=affine))
+    relu = nn.Identity() if mode == "both" else nn.ReLU()
+    return nn.Sequential(relu, BinaryConv2d(c_in, c_out, 1, mode=mode), nn.BatchNorm2d(c_out, affine=affine))
 
 
-OpBuilder = Callable[[int, int, str, bool], nn.Module]  # (channels, stride, binarization, affine BN) -> module
-OP_TABLE: dict[str, OpBuilder] = {
-    "max_pool_3x3": lambda c, s, m, a: nn.Sequential(nn.MaxPool2d(3, s, 1), nn.BatchNorm2d(c, affine=False)),
-    "avg_pool_3x3": lambda c, s, m, a: nn.Sequential(nn.AvgPool2d(3, s, 1, count_include_pad=False),
-                                                     nn.BatchNorm2d(c, affine=False)),
-    "skip_connect": lambda c, s, m, a: nn.Identity() if s == 1 else FactorizedReduce(c, c, m, a),
-    "sep_conv_3x3": lambda c, s, m, a: nn.Sequential(ConvUnit(c, c, 3, s, 1, m, a), ConvUnit(c, c, 3, 1, 1, m, a)),
-    "sep_conv_5x5": lambda c, s, m, a: nn.Sequential(ConvUnit(c, c, 5, s, 1, m, a), ConvUnit(c, c, 5, 1, 1, m, a)),
-    "dil_conv_3x3": lambda c, s, m, a: ConvUnit(c, c, 3, s, 2, m, a),
-    "dil_conv_5x5": lambda c, s, m, a: ConvUnit(c, c, 5, s, 2, m, a),
+class Prep(nn.Module):
+    """The parameter-free start of an op: nothing, ReLU (none with binarized activations, where the sign
+    replaces it), or 3 x 3 max or average pooling. The supernet computes it once per source state and shares
+    it among that state's edges (PC-DARTS's edges from one state all see the same channels)."""
+
+    def __init__(self, kind: str, stride: int, mode: str):
+        super().__init__()
+        self.kind = "none" if kind == "relu" and mode == "both" else kind
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "relu":
+            return F.relu(x)
+        if self.kind == "max":
+            return F.max_pool2d(x, 3, self.stride, 1)
+        if self.kind == "avg":
+            return F.avg_pool2d(x, 3, self.stride, 1, count_include_pad=False)
+        return x
+
+
+def _sep(k: int) -> Callable[[int, int, str, bool], nn.Module]:
+    return lambda c, s, m, a: nn.Sequential(ConvUnit(c, c, k, s, 1, m, a), ConvUnit(c, c, k, 1, 1, m, a, relu=True))
+
+
+# op -> (its prep at stride 1 and at stride 2, the core applied to the prep's output: (channels, stride,
+# binarization, affine BN) -> module). The one op table: standalone ops are prep then core.
+OP_TABLE: dict[str, tuple[tuple[str, str], Callable[[int, int, str, bool], nn.Module]]] = {
+    "max_pool_3x3": (("max", "max"), lambda c, s, m, a: nn.BatchNorm2d(c, affine=False)),
+    "avg_pool_3x3": (("avg", "avg"), lambda c, s, m, a: nn.BatchNorm2d(c, affine=False)),
+    "skip_connect": (("none", "relu"), lambda c, s, m, a: nn.Identity() if s == 1 else FactorizedReduce(c, c, m, a)),
+    "sep_conv_3x3": (("relu", "relu"), _sep(3)),
+    "sep_conv_5x5": (("relu", "relu"), _sep(5)),
+    "dil_conv_3x3": (("relu", "relu"), lambda c, s, m, a: ConvUnit(c, c, 3, s, 2, m, a)),
+    "dil_conv_5x5": (("relu", "relu"), lambda c, s, m, a: ConvUnit(c, c, 5, s, 2, m, a)),
 }
+
+
+def prep_of(op: str, stride: int) -> str:
+    return OP_TABLE[op][0][stride - 1]
+
+
+def make_op(op: str, channels: int, stride: int, mode: str, *, affine: bool) -> nn.Module:
+    """A standalone op: its prep, then its core."""
+    return nn.Sequential(Prep(prep_of(op, stride), stride, mode), OP_TABLE[op][1](channels, stride, mode, affine))
 
 
 # -- genotypes ------------------------------------------------------------------------------------------------
@@ -205,10 +246,11 @@ class Cell(nn.Module):
     def __init__(self, genotype: Genotype, c_pp: int, c_p: int, c: int, *, reduction: bool, reduction_prev: bool,
                  mode: str):
         super().__init__()
-        self.pre0 = FactorizedReduce(c_pp, c, mode, True) if reduction_prev else _preprocess(c_pp, c, mode, True)
+        self.pre0 = FactorizedReduce(c_pp, c, mode, True, relu=True) if reduction_prev else \
+            _preprocess(c_pp, c, mode, True)
         self.pre1 = _preprocess(c_p, c, mode, True)
         self.sources = [source for _, source in genotype]
-        self.ops = nn.ModuleList(OP_TABLE[op](c, 2 if reduction and source < 2 else 1, mode, True)
+        self.ops = nn.ModuleList(make_op(op, c, 2 if reduction and source < 2 else 1, mode, affine=True)
                                  for op, source in genotype)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
@@ -262,57 +304,97 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+class SourceState:
+    """One state of a supernet cell as its outgoing edges see it: the 1/M channels that go through the ops and
+    the rest that bypass them, and each op's prep of the former, computed once however many edges ask."""
+
+    def __init__(self, x: torch.Tensor, *, part: int, stride: int, mode: str):
+        self.part, self.stride, self.mode = part, stride, mode
+        # split, not two slices: a slice's backward fills a zero tensor of the whole input, a split's does not
+        self.head, self._bypass = torch.split(x, [part, x.shape[1] - part], dim=1) if part < x.shape[1] else (x, None)
+        self._preps: dict[str, torch.Tensor] = {}
+        self._tail: torch.Tensor | None = None
+
+    def prep(self, kind: str) -> torch.Tensor:
+        if kind not in self._preps:
+            out = Prep(kind, self.stride, self.mode)(self.head)
+            # what convolutions read: converted once here, not by each of them
+            self._preps[kind] = out.contiguous(memory_format=CHANNELS_LAST) if kind == "relu" else out
+        return self._preps[kind]
+
+    def tail(self) -> torch.Tensor:
+        if self._tail is None:
+            self._tail = self._bypass if self.stride == 1 else F.max_pool2d(self._bypass, 2, 2)
+        return self._tail
+
+
 class MixedEdge(nn.Module):
-    """One supernet edge: every op on 1/M of the input channels (PC-DARTS), the rest bypassing them."""
+    """One supernet edge: the cores of its ops on the source's 1/M channels (PC-DARTS), weighted and summed.
+    The cell adds the bypassing channels per node, not per edge (concatenation and shuffle are linear)."""
 
     def __init__(self, c: int, stride: int, mode: str, partial: int):
         super().__init__()
         if c % partial:
             raise ValueError(f"partial_channels={partial} must divide the cell's channels ({c})")
-        self.stride, self.partial, self.part = stride, partial, c // partial
-        self.ops = nn.ModuleList(nn.Identity() if op == "none" else OP_TABLE[op](self.part, stride, mode, False)
+        self.stride, self.part = stride, c // partial
+        self.preps = ["none" if op == "none" else prep_of(op, stride) for op in OPS]
+        self.ops = nn.ModuleList(nn.Identity() if op == "none" else OP_TABLE[op][1](self.part, stride, mode, False)
                                  for op in OPS)  # the slot of "none" is never run
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor | None, ops: Sequence[int]) -> torch.Tensor:
-        """Weighted sum of `ops` (indices; weights None: the single op of a path, weight 1)."""
-        head = x[:, :self.part] if self.partial > 1 else x
+    def forward(self, source: SourceState, weights: torch.Tensor | None, ops: Sequence[int]) -> torch.Tensor | None:
+        """Weighted sum of `ops` (indices; weights None: the single op of a path, weight 1); None when every
+        op is "none"."""
         out: torch.Tensor | None = None
         for k in ops:
             if k == NONE:
                 continue
-            y = self.ops[k](head)
-            y = y if weights is None else y * weights[k]
-            out = y if out is None else out + y
-        if out is None:  # only "none": zeros of the output's shape
-            out = head.new_zeros(head.shape[0], self.part, head.shape[2] // self.stride, head.shape[3] // self.stride)
-        if self.partial == 1:
-            return out
-        tail = x[:, self.part:]
-        tail = tail if self.stride == 1 else F.max_pool2d(tail, 2, 2)
-        return channel_shuffle(torch.cat([out, tail], dim=1), self.partial)
+            y = self.ops[k](source.prep(self.preps[k]))
+            if weights is None:
+                out = y if out is None else out + y
+            else:
+                out = y * weights[k] if out is None else torch.addcmul(out, y, weights[k])
+        return out
 
 
 class SuperCell(nn.Module):
     def __init__(self, c_pp: int, c_p: int, c: int, *, reduction: bool, reduction_prev: bool, mode: str,
                  partial: int):
         super().__init__()
-        self.reduction = reduction
-        self.pre0 = FactorizedReduce(c_pp, c, mode, False) if reduction_prev else _preprocess(c_pp, c, mode, False)
+        self.reduction, self.mode, self.partial, self.part = reduction, mode, partial, c // partial
+        self.pre0 = FactorizedReduce(c_pp, c, mode, False, relu=True) if reduction_prev else \
+            _preprocess(c_pp, c, mode, False)
         self.pre1 = _preprocess(c_p, c, mode, False)
         self.edges = nn.ModuleList(MixedEdge(c, 2 if reduction and EDGE_INPUT[e] < 2 else 1, mode, partial)
                                    for e in range(EDGES))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor | None,
                 edge_weights: torch.Tensor | None, ops: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Node j = sum over its edges e of beta_e * shuffle(cat(sum_k w_ek op_k(head), tail)), computed as
+        shuffle(cat(sum_e sum_k beta_e w_ek op_k(head), sum_e beta_e tail)): one concatenation per node."""
+        if weights is not None and edge_weights is not None:
+            weights = weights * edge_weights[:, None]
         states = [self.pre0(s0), self.pre1(s1)]
+        sources: list[SourceState] = []
         for node in range(NODES):
-            total = None
+            head: torch.Tensor | None = None
+            tail: torch.Tensor | None = None
             for source in range(node + 2):
+                if source == len(sources):
+                    stride = 2 if self.reduction and source < 2 else 1
+                    sources.append(SourceState(states[source], part=self.part, stride=stride, mode=self.mode))
                 e = edge_of(node, source)
-                y = self.edges[e](states[source], weights[e] if weights is not None else None, ops[e])
-                y = y if edge_weights is None else y * edge_weights[e]
-                total = y if total is None else total + y
-            states.append(total)
+                y = self.edges[e](sources[source], weights[e] if weights is not None else None, ops[e])
+                if y is not None:
+                    head = y if head is None else head + y
+                if self.partial > 1:
+                    t = sources[source].tail()
+                    t = t if edge_weights is None else t * edge_weights[e]
+                    tail = t if tail is None else tail + t
+            if head is None:  # every op "none"
+                x = sources[0].head
+                stride = 2 if self.reduction else 1
+                head = x.new_zeros(x.shape[0], self.part, x.shape[2] // stride, x.shape[3] // stride)
+            states.append(head if tail is None else channel_shuffle(torch.cat([head, tail], dim=1), self.partial))
         return torch.cat(states[2:], dim=1)
 
 
@@ -412,23 +494,35 @@ def derive_genotype(op_weights: Mapping[str, torch.Tensor], edge_weights: Mappin
     """DARTS's rule: each node keeps the two incoming edges whose best non-none op weighs most (times the edge's
     weight), each with that op. In the normal cell at most `max_skip` skip connections (the guard against
     DARTS's collapse into parameter-free ops): each extra one, weakest first, becomes the edge's best other
-    op, or gives way to the node's next edge where that weighs more. Ops of weight 0 are never chosen."""
-    genotypes, replaced = {}, 0
+    op, or gives way to the node's next edge where that weighs more; a skip with neither stays, and the info
+    says so. Ops of weight 0 are never chosen."""
+    genotypes, replaced, kept = {}, 0, 0
     for t in CELL_TYPES:
         w = op_weights[t].detach().cpu().double().clone()
         w[:, NONE] = 0
         if edge_weights is not None:
             w = w * edge_weights[t].detach().cpu().double()[:, None]
         banned = torch.zeros_like(w, dtype=torch.bool)
-        while True:
-            picks = _pick(w.masked_fill(banned, 0))
-            skips = [(w[e, k].item(), e) for e, k in picks if k == SKIP]
-            if t != "normal" or max_skip is None or len(skips) <= max_skip:
+        picks = _pick(w)
+        while t == "normal" and max_skip is not None:
+            skips = sorted((w[e, k].item(), e) for e, k in picks if k == SKIP)
+            if len(skips) <= max_skip:
                 break
-            banned[min(skips)[1], SKIP] = True
-            replaced += 1
+            for _, edge in skips:  # the weakest skip that has a replacement (another op, or another edge)
+                trial = banned.clone()
+                trial[edge, SKIP] = True
+                try:
+                    picks, banned = _pick(w.masked_fill(trial, 0)), trial
+                    replaced += 1
+                    break
+                except ValueError:
+                    continue
+            else:
+                kept = len(skips) - max_skip  # nothing left to put in their place
+                break
         genotypes[t] = canonical([(OPS[k], EDGE_INPUT[e]) for e, k in picks])
-    return genotypes, ({"skips_replaced": replaced} if replaced else {})
+    info = {"skips_replaced": replaced} if replaced else {}
+    return genotypes, ({**info, "skips_over_cap_without_alternative": kept} if kept else info)
 
 
 def _pick(w: torch.Tensor) -> list[tuple[int, int]]:
@@ -564,12 +658,13 @@ class BinaryCells(SearchSpace):
             t = "reduce" if reduction else "normal"
             for e in range(EDGES):
                 stride = 2 if reduction and EDGE_INPUT[e] < 2 else 1
+                at = side // 2 if reduction and stride == 1 else side  # nodes of a reduction cell are reduced
                 for k, op in enumerate(OPS):
                     if op == "none":
                         continue
-                    key = (op, c, side, stride)
+                    key = (op, c, at, stride)
                     if key not in measured:
-                        measured[key] = count_costs(OP_TABLE[op](c, stride, mode, True), (1, c, side, side))["macs"]
+                        measured[key] = count_costs(make_op(op, c, stride, mode, affine=True), (1, c, at, at))["macs"]
                     per_op[t][e, k] += measured[key]
             side = side // 2 if reduction else side
         fixed = count_costs(self.build(self.smallest()), self.target(self.smallest()).input_shape)["macs"]

@@ -53,9 +53,12 @@ def build_costs(config: SearchConfig, space: SearchSpace) -> CostModel:
     return CostModel(latency=LatencyPlan(protocol, table))
 
 
-def create(registry: Registry[Any], name: str, options: Mapping[str, Any], *args: Any, **fixed: Any) -> Any:
-    """registry.create(name, *args, **fixed, **options), with an option the plug-in does not take reported as
-    one line naming the options it does take (`options` are the user's --space/--strategy/--task-option)."""
+COMMON_OPTIONS = frozenset({"seed", "constraints", "initial", "workdir", "objectives", "costs"})  # set by the runner
+
+
+def check_options(registry: Registry[Any], name: str, options: Mapping[str, Any], *, fixed: Any = ()) -> type:
+    """The plug-in class, after checking that it takes every one of the user's `options` (--space-option,
+    --strategy-option, --task-option): one that it does not take is reported as one line naming those it does."""
     cls = registry.get(name)
     taken = _keywords(cls)
     unknown = sorted(set(options) - taken) if taken is not None else []
@@ -63,8 +66,13 @@ def create(registry: Registry[Any], name: str, options: Mapping[str, Any], *args
         flag = {"search space": "--space-option", "strategy": "--strategy-option", "task": "--task-option"}
         raise ValueError(f"{registry.kind} {name!r} takes no option {', '.join(map(repr, unknown))} "
                          f"({flag.get(registry.kind, 'option')}); it takes: "
-                         f"{', '.join(sorted(taken - set(fixed))) or 'none'}")
-    return cls(*args, **fixed, **options)
+                         f"{', '.join(sorted(taken - set(fixed) - COMMON_OPTIONS)) or 'none'}")
+    return cls
+
+
+def create(registry: Registry[Any], name: str, options: Mapping[str, Any], *args: Any, **fixed: Any) -> Any:
+    """registry.create(name, *args, **fixed, **options), the options checked first (`check_options`)."""
+    return check_options(registry, name, options, fixed=fixed)(*args, **fixed, **options)
 
 
 def _keywords(cls: type) -> set[str] | None:
@@ -79,9 +87,6 @@ def _keywords(cls: type) -> set[str] | None:
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             return names
     return None
-
-
-COMMON_OPTIONS = frozenset({"seed", "constraints", "initial", "workdir", "objectives", "costs"})  # set by the runner
 
 
 def user_options(cls: type) -> set[str]:
