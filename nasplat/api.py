@@ -34,11 +34,7 @@ def _check_budgets(space: SearchSpace, constraints: Sequence[Constraint], costs:
                              f"{METRICS[c.metric]} {value}); give at least {value}")
 
 
-def _check_one_shot(config: SearchConfig, space: SearchSpace) -> None:
-    if not hasattr(space, "supernet"):
-        raise ValueError(f"space {space.name!r} has no weight-sharing supernet, which strategy {config.strategy!r} "
-                         f"trains; use a multi-trial strategy (random, evolution, local, bayesian) or a space "
-                         f"with one (binary-cells)")
+def _check_one_shot(config: SearchConfig) -> None:
     if config.trials != 1:
         raise ValueError(f"strategy {config.strategy!r} trains a supernet and derives one architecture: it evaluates "
                          f"exactly one trial (leave out --trials, or give --trials 1)")
@@ -56,8 +52,9 @@ def start(config: SearchConfig, *, console: Console | None = None, sync: bool = 
     space = create_space(config)
     strategy = check_options(STRATEGIES, config.strategy, config.strategy_options)
     strategy.takes(config.objectives)
+    strategy.check_space(space)
     if strategy.one_shot:
-        _check_one_shot(config, space)
+        _check_one_shot(config)
     task = build_task(config, space)
     check_budget(config.budget, task)
     costs = build_costs(config, space)

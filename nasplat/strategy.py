@@ -121,6 +121,10 @@ class Strategy(ABC):
                              f"{','.join(objectives)} use bayesian (Optuna's TPE or NSGA-II) or random")
         return objectives
 
+    @classmethod
+    def check_space(cls, space: SearchSpace) -> None:
+        """Raises ValueError when this strategy cannot search `space` (checked before any run starts)."""
+
     @abstractmethod
     def ask(self) -> Trial: ...
 
@@ -168,9 +172,17 @@ class OneShotStrategy(Strategy):
     def __init__(self, space: SearchSpace, **common: Any):
         if common.get("initial"):
             raise ValueError(f"strategy {self.name!r} derives its architecture from a supernet: it takes no --prior")
+        self.check_space(space)
         super().__init__(space, **common)
         self.derived: Arch | None = None
         self.told: Result | None = None
+
+    @classmethod
+    def check_space(cls, space: SearchSpace) -> None:
+        if not hasattr(space, "supernet"):
+            raise ValueError(f"space {space.name!r} has no weight-sharing supernet, which strategy {cls.name!r} "
+                             f"trains; use a multi-trial strategy (random, evolution, local, bayesian) or a space "
+                             f"with one (binary-cells)")
 
     @abstractmethod
     def search(self, session: Any) -> Arch:

@@ -21,15 +21,6 @@ from nasplat.registry import register_strategy
 from nasplat.strategy import OneShotStrategy
 
 
-def supernet_of(space: Any, **options: Any) -> nn.Module:
-    """The space's weight-sharing supernet, or a clear error for a space that has none."""
-    if not hasattr(space, "supernet"):
-        raise ValueError(f"space {space.name!r} has no weight-sharing supernet, which one-shot strategies train; "
-                         f"use a multi-trial strategy (random, evolution, local, bayesian) or a space with one "
-                         f"(binary-cells)")
-    return space.supernet(**options)
-
-
 @register_strategy("darts")
 class DARTS(OneShotStrategy):
     """DARTS: softmax-relaxed edges trained by gradient (first or second order), genotype derived from alphas."""
@@ -67,7 +58,7 @@ class DARTS(OneShotStrategy):
     def search(self, session: Any) -> Arch:
         task = session.task
         torch.manual_seed(self.seed)
-        supernet = supernet_of(self.space, partial_channels=self.partial_channels,
+        supernet = self.space.supernet(partial_channels=self.partial_channels,
                                edge_normalization=self.edge_normalization).to(getattr(task, "device", "cpu"))
         weights = supernet.weight_parameters()
         w_opt = torch.optim.SGD(weights, lr=self.w_lr, momentum=self.w_momentum, weight_decay=self.w_decay)

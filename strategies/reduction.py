@@ -23,8 +23,6 @@ from nasplat.oneshot.reduction import ReductionEngine, SoftmaxMeanScorer, Unifor
 from nasplat.registry import register_strategy
 from nasplat.strategy import OneShotStrategy
 
-from .differentiable import supernet_of
-
 Path = dict[str, tuple[int, ...]]
 
 
@@ -74,9 +72,6 @@ class CPNAS(OneShotStrategy):
                  center_weight: float = 1e-3, partial_channels: int = 4, eval_limit: int | None = 500,
                  max_skip: int | None = 2, **common: Any):
         super().__init__(space, **common)
-        if getattr(space, "options", {}).get("binarize", "weights") == "none":
-            raise ValueError("cp-nas trains a binarized Child against a full-precision Parent: give the space a "
-                             "binarization (--space-option binarize=both, or weights)")
         if repeats < 1 or train_steps < 1 or warmup_steps < 0:
             raise ValueError("repeats and train_steps must be at least 1, warmup_steps at least 0")
         self.repeats, self.train_steps, self.warmup_steps = repeats, train_steps, warmup_steps
@@ -84,12 +79,19 @@ class CPNAS(OneShotStrategy):
         self.kernel_weight, self.center_weight = kernel_weight, center_weight
         self.partial_channels, self.eval_limit, self.max_skip = partial_channels, eval_limit, max_skip
 
+    @classmethod
+    def check_space(cls, space: Any) -> None:
+        super().check_space(space)
+        if space.options.get("binarize") == "none":
+            raise ValueError("cp-nas trains a binarized Child against a full-precision Parent: give the space a "
+                             "binarization (--space-option binarize=both, or weights)")
+
     def search(self, session: Any) -> Arch:
         task = session.task
         device = getattr(task, "device", "cpu")
         torch.manual_seed(self.seed)
-        child = supernet_of(self.space, partial_channels=self.partial_channels).to(device)
-        parent = supernet_of(self.space, partial_channels=self.partial_channels, binarize="none").to(device)
+        child = self.space.supernet(partial_channels=self.partial_channels).to(device)
+        parent = self.space.supernet(partial_channels=self.partial_channels, binarize="none").to(device)
         # the same starting kernels (the Child has extra BNs between its binarized convolutions)
         parent.load_state_dict(child.state_dict(), strict=False)
         groups = {name: len(alpha) for name, alpha in child.alphas.items()}
