@@ -12,7 +12,7 @@ How this differs from the paper: CIFAR-10 and ImageNet on GPUs, networks of 20 c
 and the supervision inside the search; here C=8 and 5 cells, the generated 10-class set at 32 px, a few
 epochs, and the supervision measured on standalone networks (the search's sampled paths train the same way).
 
-    .venv/bin/python bench/cp_supervision.py      # about 30 minutes on 2 cores
+    .venv/bin/python bench/cp_supervision.py      # about 30 minutes on one core
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from nasplat.runner.components import build_task
 OUT = Path(__file__).resolve().parent / "out" / "cp"
 SECTION = "CP-NAS: the Child with and without its Parent's supervision"
 SPACE = {"channels": 8, "layers": 5, "binarize": "both"}
-TASK = {"limit_train": 5000, "limit_val": 1000, "batch_size": 64}
+TASK = {"limit_train": 3000, "limit_val": 1000, "batch_size": 64}
 
 
 class Plain(nn.Module):
@@ -85,9 +85,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--genotypes", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # one core each: this and another benchmark share the machine's two
     space = SPACES.create("binary-cells", **SPACE)
     task = build_task(SearchConfig(space="binary-cells", task_options=TASK), space)
     rng = random.Random(0)
