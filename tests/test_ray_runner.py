@@ -21,10 +21,10 @@ from nasplat.registry import STRATEGIES
 from nasplat.run import SearchConfig, read_journal
 from nasplat.runner.ray_cluster import RayUnavailable, fit_workers
 from nasplat.runner.ray_trial import EPOCH, METRICS, RESULT, decode
-from nasplat.strategy import Result, Strategy
+from nasplat.strategy import Result
 
 CLI = [sys.executable, str(Path(__file__).with_name("run_cli.py"))]
-MULTI_TRIAL = [name for name in STRATEGIES.names() if issubclass(STRATEGIES.get(name), Strategy)]
+MULTI_TRIAL = [name for name in STRATEGIES.names() if not STRATEGIES.get(name).one_shot]  # one-shot: local only
 
 
 def _cli(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
