@@ -1,6 +1,7 @@
 """CP-NAS's claim: a 1-bit Child trained under its full-precision Parent's supervision is more accurate.
 
-The same binarized network (weights and activations, the CP-NAS Child) is trained twice from the same
+The same binarized network (weights and activations, the CP-NAS Child; or, with `--binarize weights`, its
+kernels alone, where a Child this small and this briefly trained learns at all) is trained twice from the same
 initial weights, seeds and batches: once with cross-entropy alone, once as CP-NAS trains its Child, with a
 full-precision Parent of the same genotype trained beside it, the kernel-level child-parent loss (the Child's
 reconstructed kernels pulled toward the Parent's) and the centre loss on its last features. The figure is the
@@ -33,7 +34,7 @@ from nasplat.runner.components import build_task
 
 OUT = Path(__file__).resolve().parent / "out" / "cp"
 SECTION = "CP-NAS: the Child with and without its Parent's supervision"
-SPACE = {"channels": 8, "layers": 5, "binarize": "both"}
+SPACE = {"channels": 8, "layers": 5}
 TASK = {"limit_train": 3000, "limit_val": 1000, "batch_size": 64}
 
 
@@ -52,7 +53,7 @@ class Plain(nn.Module):
 
 
 def train(space, task, arch, *, supervised: bool, seed: int, epochs: int, lr: float) -> dict:
-    cache = OUT / f"{arch.key()}-{'cp' if supervised else 'ce'}-seed{seed}-e{epochs}.json"
+    cache = OUT / f"{arch.key()}-{'cp' if supervised else 'ce'}-seed{seed}-e{epochs}-lr{lr:g}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     torch.manual_seed(seed)
@@ -87,9 +88,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--binarize", choices=("both", "weights"), default="both",
+                        help="the Child's binarization: both (CP-NAS's 1-bit Child) or weights (XNOR kernels only)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core each: this and another benchmark share the machine's two
-    space = SPACES.create("binary-cells", **SPACE)
+    space = SPACES.create("binary-cells", **SPACE, binarize=args.binarize)
     task = build_task(SearchConfig(space="binary-cells", task_options=TASK), space)
     rng = random.Random(0)
     archs = [space.complete(space.sample(rng)) for _ in range(args.genotypes)]
@@ -99,7 +102,8 @@ def main() -> None:
     plain = [p[0]["child"] for p in pairs]
     cp = [p[1]["child"] for p in pairs]
     wins = sum(b > a for a, b in pairs_acc(pairs))
-    lines = [f"Space binary-cells {SPACE} (the Child binarizes weights and activations), {args.genotypes} random "
+    what = "weights and activations" if args.binarize == "both" else "its kernels only (XNOR), activations full precision"
+    lines = [f"Space binary-cells { {**SPACE, 'binarize': args.binarize} } (the Child binarizes {what}), {args.genotypes} random "
              f"genotypes x seeds 0..{args.seeds - 1}, {args.epochs} epochs of Adam at lr {args.lr} on the generated "
              f"set at 32 px ({TASK}). CP: kernel loss weight 1e-2, centre loss weight 1e-3.", "",
              "| Child trained with | Child accuracy (%) | Parent accuracy (%) |", "|---|---|---|",
@@ -108,7 +112,9 @@ def main() -> None:
              f"{statistics.mean(p[1]['parent'] for p in pairs):.2f} |", "",
              f"Paired by genotype and seed, the supervised Child is better in {wins} of {len(pairs)} pairs, by "
              f"{statistics.mean(b - a for a, b in pairs_acc(pairs)):+.2f} points on average."]
-    write_section(SECTION, "\n".join(lines), command="python bench/cp_supervision.py")
+    both = args.binarize == "both"
+    write_section(SECTION if both else f"{SECTION} (XNOR weights)", "\n".join(lines),
+                  command="python bench/cp_supervision.py" + ("" if both else f" --binarize {args.binarize}"))
     print("\n".join(lines))
 
 

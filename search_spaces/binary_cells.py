@@ -12,8 +12,6 @@ precision. Costs count binarized MACs as binary operations, and --flops means fu
 """
 from __future__ import annotations
 
-import math
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,25 +24,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasplat.arch import Arch
-from nasplat.binary import BinaryConv2d, check_mode
+from nasplat.binary import BinaryConv2d, check_mode, sign_activation
 from nasplat.cost import count_costs
+from nasplat.oneshot import cells
+from nasplat.oneshot.cells import CellSupernet, Genotype, OpCosts, validate_cell
 from nasplat.registry import register_space
-from nasplat.space import Param, SearchSpace, Target
+from nasplat.space import SearchSpace, Target
 
 OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
        "dil_conv_5x5")
 CELL_OPS = OPS[1:]  # what a genotype may hold: "none" only exists in the supernet
 NONE, SKIP = OPS.index("none"), OPS.index("skip_connect")
 NODES = 4
-EDGE_NODE = tuple(j for j in range(NODES) for _ in range(j + 2))  # the node each of the 14 edges feeds
-EDGE_INPUT = tuple(i for j in range(NODES) for i in range(j + 2))  # and the state it reads
-EDGES = len(EDGE_NODE)
 CELL_TYPES = ("normal", "reduce")
-Genotype = tuple[tuple[str, int], ...]
-
-
-def edge_of(node: int, source: int) -> int:
-    return sum(j + 2 for j in range(node)) + source
+LAYOUT = cells.CellLayout(inputs=2, nodes=NODES, keep=2, ops=OPS, groups=CELL_TYPES, capped=("normal",))
+EDGE_NODE = LAYOUT.edge_node  # the node each of the 14 edges feeds
+EDGE_INPUT = LAYOUT.edge_input  # and the state it reads
+EDGES = LAYOUT.edges
+edge_of = LAYOUT.edge_of
 
 
 # -- operations -----------------------------------------------------------------------------------------------
@@ -52,16 +49,58 @@ def edge_of(node: int, source: int) -> int:
 CHANNELS_LAST = torch.channels_last  # depthwise convolutions run 2-3x faster in it on CPU (measured)
 
 
+class _DepthwiseGrad(torch.autograd.Function):
+    """A stride-1 depthwise convolution whose input gradient is the forward convolution of the output gradient
+    with the flipped kernel: oneDNN's own backward of depthwise 5 x 5 and dilated kernels takes 2-3x as long
+    on CPU (measured at the supernet's shapes), and these backward passes are a third of a search step."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation = padding, dilation
+        return F.conv2d(x, weight, None, 1, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        p, d, c = ctx.padding, ctx.dilation, x.shape[1]
+        grad = grad.contiguous(memory_format=CHANNELS_LAST)
+        grad_x = F.conv2d(grad, weight.flip(-1, -2), None, 1, p, d, c) if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            if d == 2 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and min(x.shape[2:]) // 2 >= weight.shape[-1]:
+                # a kernel dilated by 2 pairs each output only with inputs of its own row and column parity, so
+                # its weight gradient is the undilated one over the four parity grids stacked as a batch: 2-4x
+                # faster in oneDNN than the dilated one (measured), where the grids are at least the kernel
+                grad, x, p, d = _parity_grids(grad), _parity_grids(x), p // 2, 1
+            grad_w = torch.ops.aten.convolution_backward(grad, x, weight, None, (1, 1), (p, p), (d, d), False, (0, 0),
+                                                         c, (False, True, False))[1]
+        return grad_x, grad_w, None, None
+
+
+def _parity_grids(x: torch.Tensor) -> torch.Tensor:
+    """The four (row parity, column parity) sub-grids of `x`, stacked along the batch, channels-last."""
+    return torch.cat([x[:, :, a::2, b::2] for a in (0, 1) for b in (0, 1)]).contiguous(memory_format=CHANNELS_LAST)
+
+
 class ConvUnit(nn.Module):
     """Depthwise k x k (dilated), pointwise 1 x 1, BN; its input is already ReLU'd (the op's `prep`). With
     binarized activations a BN sits between the convolutions, so that each sign sees a normalised input
-    (CP-NAS's binarized separable convolution). The convolutions run channels-last, batch norm does not (it
-    is slower so on few channels)."""
+    (CP-NAS's binarized separable convolution). The convolutions run channels-last (depthwise ones 2-3x
+    faster so on CPU), batch norm does not (slower so on few channels); a ReLU runs after the conversion,
+    since its backward is several times slower when its gradient and input differ in layout.
+
+    A stride-2 kernel dilated by 2 reads only the even grid of its input, so it runs as that grid through an
+    undilated stride-1 kernel: the same weights and values, about 9x faster on CPU than oneDNN's strided
+    dilated convolution. While training (not under tracing, so costs and exports see plain convolutions) the
+    depthwise convolution takes `_DepthwiseGrad`'s faster backward."""
 
     def __init__(self, c_in: int, c_out: int, k: int, stride: int, dilation: int, mode: str, affine: bool, *,
                  relu: bool = False):
         super().__init__()
         self.relu = nn.ReLU() if relu and mode != "both" else nn.Identity()
+        self.even = stride == 2 and dilation == 2
+        stride, dilation = (1, 1) if self.even else (stride, dilation)
         self.depthwise = BinaryConv2d(c_in, c_in, k, stride, dilation * (k - 1) // 2, dilation, groups=c_in,
                                       mode=mode)
         self.middle = nn.BatchNorm2d(c_in, affine=affine) if mode == "both" else nn.Identity()
@@ -69,7 +108,13 @@ class ConvUnit(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.depthwise(self.relu(x).contiguous(memory_format=CHANNELS_LAST))
+        x = self.relu((x[:, :, ::2, ::2] if self.even else x).contiguous(memory_format=CHANNELS_LAST))
+        conv = self.depthwise
+        if conv.stride[0] == 1 and torch.is_grad_enabled() and not torch.jit.is_tracing():
+            x = _DepthwiseGrad.apply(sign_activation(x) if conv.mode == "both" else x, conv.reconstructed(),
+                                     conv.padding[0], conv.dilation[0])
+        else:
+            x = conv(x)
         return self.bn(self.pointwise(self.middle(x)).contiguous())
 
 
@@ -143,31 +188,12 @@ def make_op(op: str, channels: int, stride: int, mode: str, *, affine: bool) -> 
 
 # -- genotypes ------------------------------------------------------------------------------------------------
 
-def canonical(genotype: Sequence[Sequence[Any]]) -> Genotype:
-    """The genotype as a tuple of (op, input) pairs, each node's two pairs ordered by input then op."""
-    pairs = [(str(op), int(source)) for op, source in genotype]
-    return tuple(p for j in range(len(pairs) // 2) for p in sorted(pairs[2 * j:2 * j + 2], key=lambda p: (p[1], p[0])))
+canonical = LAYOUT.canonical  # each node's two pairs ordered by input then op
 
 
 def check_genotype(genotype: Any, *, name: str = "genotype") -> Genotype:
     """The canonical genotype, or ValueError naming what is wrong with the literal."""
-    try:
-        pairs = [(op, source) for op, source in genotype]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be 8 (op, input) pairs, e.g. (('sep_conv_3x3', 0), ('skip_connect', 1), "
-                         f"...)") from None
-    if len(pairs) != 2 * NODES:
-        raise ValueError(f"{name} has {len(pairs)} (op, input) pairs; a cell has {NODES} nodes of 2 inputs: 8 pairs")
-    for index, (op, source) in enumerate(pairs):
-        node = index // 2
-        if op not in CELL_OPS:
-            raise ValueError(f"{name} pair {index}: unknown op {op!r}; use one of {', '.join(CELL_OPS)}")
-        if not isinstance(source, int) or isinstance(source, bool) or not 0 <= source < node + 2:
-            raise ValueError(f"{name} pair {index}: node {node} reads input {source!r}; it may read 0..{node + 1}")
-    for node in range(NODES):
-        if pairs[2 * node][1] == pairs[2 * node + 1][1]:
-            raise ValueError(f"{name}: node {node} reads input {pairs[2 * node][1]} twice; its two inputs must differ")
-    return canonical(pairs)
+    return LAYOUT.check(genotype, name=name)
 
 
 def describe_genotype(normal: Genotype, reduce: Genotype) -> str:
@@ -177,61 +203,15 @@ def describe_genotype(normal: Genotype, reduce: Genotype) -> str:
 
 
 @dataclass(frozen=True)
-class CellParam(Param):
-    """A whole cell genotype as one searched value; a mutation changes one op or one input of one node."""
+class CellParam(cells.CellParam):
+    """A DARTS cell genotype (two inputs per node) as one searched value."""
 
-    def sample(self, rng: random.Random) -> Genotype:
-        pairs = []
-        for node in range(NODES):
-            for source in sorted(rng.sample(range(node + 2), 2)):
-                pairs.append((rng.choice(CELL_OPS), source))
-        return canonical(pairs)
-
-    def mutate(self, value: Genotype, rng: random.Random) -> Genotype:
-        return rng.choice(self.neighbours(value))
-
-    def neighbours(self, value: Genotype) -> tuple[Genotype, ...]:
-        out = []
-        for index, (op, source) in enumerate(value):
-            node, other = index // 2, value[index ^ 1][1]
-            changed = [(o, source) for o in CELL_OPS if o != op]
-            changed += [(op, s) for s in range(node + 2) if s not in (source, other)]
-            for pair in changed:
-                out.append(canonical(value[:index] + (pair,) + value[index + 1:]))
-        return tuple(dict.fromkeys(out))
-
-    def contains(self, value: Any) -> bool:
-        try:
-            return check_genotype(value) == tuple(tuple(p) for p in value)
-        except ValueError:
-            return False
-
-    def size(self) -> float:
-        return math.prod(math.comb(j + 2, 2) * len(CELL_OPS) ** 2 for j in range(NODES))
-
-    def __str__(self) -> str:
-        return f"cell genotype ({NODES} nodes x 2 of {len(CELL_OPS)} ops)"
+    layout: cells.CellLayout = LAYOUT
 
 
 def cell_graph(genotype: Genotype) -> nx.DiGraph:
     """The cell as a DAG: inputs c_{k-2} and c_{k-1}, nodes 0..3, output c_{k}; edges carry their op."""
-    names = ["c_{k-2}", "c_{k-1}", *map(str, range(NODES))]
-    graph = nx.DiGraph()
-    graph.add_nodes_from(names + ["c_{k}"])
-    for index, (op, source) in enumerate(genotype):
-        graph.add_edge(names[source], names[2 + index // 2], op=op)
-    for node in range(NODES):
-        graph.add_edge(str(node), "c_{k}", op="concat")
-    return graph
-
-
-def validate_cell(graph: nx.DiGraph) -> None:
-    """Raises ValueError unless the cell is acyclic and every node reaches the output."""
-    if not nx.is_directed_acyclic_graph(graph):
-        raise ValueError("the cell has a cycle")
-    stranded = [n for n in graph if n != "c_{k}" and not nx.has_path(graph, n, "c_{k}")]
-    if stranded:
-        raise ValueError(f"cell nodes {', '.join(stranded)} do not reach the output")
+    return cells.cell_graph(LAYOUT, genotype)
 
 
 # -- networks -------------------------------------------------------------------------------------------------
@@ -317,9 +297,10 @@ class SourceState:
 
     def prep(self, kind: str) -> torch.Tensor:
         if kind not in self._preps:
-            out = Prep(kind, self.stride, self.mode)(self.head)
-            # what convolutions read: converted once here, not by each of them
-            self._preps[kind] = out.contiguous(memory_format=CHANNELS_LAST) if kind == "relu" else out
+            # what convolutions read is converted once here, not by each of them, and before the ReLU (whose
+            # backward is slow when its gradient and input differ in layout)
+            x = self.head.contiguous(memory_format=CHANNELS_LAST) if kind == "relu" else self.head
+            self._preps[kind] = Prep(kind, self.stride, self.mode)(x)
         return self._preps[kind]
 
     def tail(self) -> torch.Tensor:
@@ -398,11 +379,9 @@ class SuperCell(nn.Module):
         return torch.cat(states[2:], dim=1)
 
 
-class Supernet(_Macro):
+class Supernet(CellSupernet, _Macro):
     """The weight-sharing supernet: mixed edges with architecture parameters `alphas` (per cell type, 14 x 8)
     and, with edge normalisation, `betas` (14 per cell type). `forward(x, path=...)` runs one op per edge."""
-
-    ops = OPS
 
     def __init__(self, space: BinaryCells, *, partial_channels: int, edge_normalization: bool, mode: str):
         o = space.options
@@ -410,55 +389,10 @@ class Supernet(_Macro):
                          reduction_prev: SuperCell(c_pp, c_p, c, reduction=reduction, reduction_prev=reduction_prev,
                                                    mode=mode, partial=partial_channels))
         self.space = space
-        self.edge_normalization = edge_normalization
-        self.alphas = nn.ParameterDict({t: nn.Parameter(1e-3 * torch.randn(EDGES, len(OPS))) for t in CELL_TYPES})
-        self.betas = nn.ParameterDict({t: nn.Parameter(torch.zeros(EDGES), requires_grad=edge_normalization)
-                                       for t in CELL_TYPES})
-        for t in CELL_TYPES:
-            self.register_buffer(f"mask_{t}", torch.ones(EDGES, len(OPS), dtype=torch.bool))
-
-    @property
-    def masks(self) -> dict[str, torch.Tensor]:
-        return {t: getattr(self, f"mask_{t}") for t in CELL_TYPES}
-
-    def set_mask(self, cell_type: str, mask: torch.Tensor) -> None:
-        mask = torch.as_tensor(mask, dtype=torch.bool)
-        if mask.shape != (EDGES, len(OPS)) or not bool(mask.any(1).all()):
-            raise ValueError(f"a mask is {EDGES} x {len(OPS)} booleans with at least one op allowed per edge")
-        getattr(self, f"mask_{cell_type}").copy_(mask)
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return [*self.alphas.values(), *(self.betas.values() if self.edge_normalization else ())]
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        arch = {id(p) for p in [*self.alphas.values(), *self.betas.values()]}
-        return [p for p in self.parameters() if id(p) not in arch]
-
-    def op_weights(self) -> dict[str, torch.Tensor]:
-        """Softmax of the alphas over the ops each mask allows (0 for the others)."""
-        return {t: self.alphas[t].masked_fill(~m, float("-inf")).softmax(-1) for t, m in self.masks.items()}
-
-    def edge_weights(self) -> dict[str, torch.Tensor]:
-        """Softmax of the betas over each node's incoming edges; ones without edge normalisation."""
-        if not self.edge_normalization:
-            return {t: torch.ones(EDGES, device=self.betas[t].device) for t in CELL_TYPES}
-        out = {}
-        for t in CELL_TYPES:
-            parts, start = [], 0
-            for node in range(NODES):
-                parts.append(self.betas[t][start:start + node + 2].softmax(0))
-                start += node + 2
-            out[t] = torch.cat(parts)
-        return out
+        self.init_arch(LAYOUT, edge_normalization=edge_normalization)
 
     def forward(self, x: torch.Tensor, path: Mapping[str, Sequence[int]] | None = None) -> torch.Tensor:
-        if path is None:
-            weights, edges = self.op_weights(), self.edge_weights() if self.edge_normalization else None
-            allowed = {t: [[k for k in range(len(OPS)) if row[k]] for row in m.tolist()]
-                       for t, m in self.masks.items()}
-        else:
-            weights, edges = None, None
-            allowed = {t: [[k] for k in path[t]] for t in CELL_TYPES}
+        weights, edges, allowed = self.route(path)
 
         def run(cell: SuperCell, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
             t = "reduce" if cell.reduction else "normal"
@@ -466,94 +400,14 @@ class Supernet(_Macro):
 
         return self.features(x, run)
 
-    def derive(self, *, max_skip: int | None = 2, limit: float | None = None) -> tuple[dict[str, Genotype], dict]:
-        edge = self.edge_weights() if self.edge_normalization else None
-        return self.space.derive(self.op_weights(), edge, max_skip=max_skip, limit=limit)
-
-    def expected_cost(self) -> torch.Tensor:
-        """The derived network's expected MACs (FP + BOPs/64): per edge, the op costs weighted by the softmax
-        over non-none ops; per node, the edges weighted by their share of its two kept inputs (2 x the edge
-        weight with edge normalisation, 2/(incoming edges) without)."""
-        costs = self.space.op_costs()
-        weights, edges = self.op_weights(), self.edge_weights()
-        total = torch.tensor(costs.fixed)
-        for t in CELL_TYPES:
-            w = weights[t][:, 1:]
-            w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
-            per_edge = (w * costs.per_op[t][:, 1:].to(w.device)).sum(1)
-            share = 2 * edges[t] if self.edge_normalization else \
-                torch.tensor([2 / (EDGE_NODE[e] + 2) for e in range(EDGES)], device=w.device)
-            total = total + (share * per_edge).sum()
-        return total
-
 
 # -- derivation -----------------------------------------------------------------------------------------------
 
 def derive_genotype(op_weights: Mapping[str, torch.Tensor], edge_weights: Mapping[str, torch.Tensor] | None = None,
                     *, max_skip: int | None = 2) -> tuple[dict[str, Genotype], dict[str, Any]]:
-    """DARTS's rule: each node keeps the two incoming edges whose best non-none op weighs most (times the edge's
-    weight), each with that op. In the normal cell at most `max_skip` skip connections (the guard against
-    DARTS's collapse into parameter-free ops): each extra one, weakest first, becomes the edge's best other
-    op, or gives way to the node's next edge where that weighs more; a skip with neither stays, and the info
-    says so. Ops of weight 0 are never chosen."""
-    genotypes, replaced, kept = {}, 0, 0
-    for t in CELL_TYPES:
-        w = op_weights[t].detach().cpu().double().clone()
-        w[:, NONE] = 0
-        if edge_weights is not None:
-            w = w * edge_weights[t].detach().cpu().double()[:, None]
-        banned = torch.zeros_like(w, dtype=torch.bool)
-        picks = _pick(w)
-        while t == "normal" and max_skip is not None:
-            skips = sorted((w[e, k].item(), e) for e, k in picks if k == SKIP)
-            if len(skips) <= max_skip:
-                break
-            for _, edge in skips:  # the weakest skip that has a replacement (another op, or another edge)
-                trial = banned.clone()
-                trial[edge, SKIP] = True
-                try:
-                    picks, banned = _pick(w.masked_fill(trial, 0)), trial
-                    replaced += 1
-                    break
-                except ValueError:
-                    continue
-            else:
-                kept = len(skips) - max_skip  # nothing left to put in their place
-                break
-        genotypes[t] = canonical([(OPS[k], EDGE_INPUT[e]) for e, k in picks])
-    info = {"skips_replaced": replaced} if replaced else {}
-    return genotypes, ({**info, "skips_over_cap_without_alternative": kept} if kept else info)
-
-
-def _pick(w: torch.Tensor) -> list[tuple[int, int]]:
-    """(edge, op) of the two strongest edges of every node, in node order."""
-    best, ops = w.max(1)
-    picks = []
-    start = 0
-    for node in range(NODES):
-        edges = range(start, start + node + 2)
-        chosen = sorted(edges, key=lambda e: -best[e].item())[:2]
-        if any(best[e] <= 0 for e in chosen):
-            raise ValueError(f"node {node} has fewer than two edges with an allowed op other than none")
-        picks += [(e, int(ops[e])) for e in sorted(chosen)]
-        start += node + 2
-    return picks
-
-
-@dataclass(frozen=True)
-class OpCosts:
-    """MACs (FP + BOPs/64) of the standalone network split as `fixed` (stem, preprocessing, classifier) plus,
-    per cell type, `per_op[type][edge, op]`: that op on that edge, summed over the cells of the type."""
-
-    fixed: float
-    per_op: dict[str, torch.Tensor]
-
-    def of(self, genotypes: Mapping[str, Genotype]) -> float:
-        total = self.fixed
-        for t in CELL_TYPES:
-            for index, (op, source) in enumerate(genotypes[t]):
-                total += float(self.per_op[t][edge_of(index // 2, source), OPS.index(op)])
-        return total
+    """DARTS's rule on the two-input cell (`cells.derive_genotype`): each node keeps its two strongest edges,
+    the normal cell at most `max_skip` skip connections."""
+    return cells.derive_genotype(LAYOUT, op_weights, edge_weights, max_skip=max_skip)
 
 
 # -- the space ------------------------------------------------------------------------------------------------
@@ -573,7 +427,7 @@ class BinaryCells(SearchSpace):
         super().__init__(channels=channels, layers=layers, binarize=binarize, resolution=resolution,
                          num_classes=num_classes)
 
-    def parameters(self) -> dict[str, Param]:
+    def parameters(self) -> dict[str, CellParam]:
         return {"normal": CellParam(), "reduce": CellParam()}
 
     def arch(self, params: Mapping[str, Any]) -> Arch:
@@ -616,31 +470,7 @@ class BinaryCells(SearchSpace):
                *, max_skip: int | None = 2, limit: float | None = None) -> tuple[dict[str, Genotype], dict]:
         """The genotype of `derive_genotype`; over a MAC `limit`, ops are swapped for cheaper ones on the same
         edges, each time the swap that gives up the least op weight per MAC saved, until it fits."""
-        genotypes, info = derive_genotype(op_weights, edge_weights, max_skip=max_skip)
-        if limit is None:
-            return genotypes, info
-        costs = self.op_costs()
-        cheapened = 0
-        while costs.of(genotypes) > limit:
-            best = None
-            for t in CELL_TYPES:
-                w = op_weights[t].detach().cpu()
-                for index, (op, source) in enumerate(genotypes[t]):
-                    e, k = edge_of(index // 2, source), OPS.index(op)
-                    for k2 in range(1, len(OPS)):
-                        saved = float(costs.per_op[t][e, k] - costs.per_op[t][e, k2])
-                        if saved > 0:
-                            price = (float(w[e, k] - w[e, k2])) / saved
-                            if best is None or price < best[0]:
-                                best = (price, t, index, k2)
-            if best is None:
-                break  # nothing cheaper on any kept edge: the hard check marks it infeasible
-            _, t, index, k2 = best
-            pairs = list(genotypes[t])
-            pairs[index] = (OPS[k2], pairs[index][1])
-            genotypes[t] = canonical(pairs)
-            cheapened += 1
-        return genotypes, ({**info, "ops_cheapened_for_budget": cheapened} if cheapened else info)
+        return cells.derive(LAYOUT, op_weights, edge_weights, max_skip=max_skip, limit=limit, op_costs=self.op_costs)
 
     def op_costs(self) -> OpCosts:
         return self._op_costs
@@ -648,55 +478,16 @@ class BinaryCells(SearchSpace):
     @cached_property
     def _op_costs(self) -> OpCosts:
         o = self.options
-        mode, side = o["binarize"], o["resolution"]
-        per_op = {t: torch.zeros(EDGES, len(OPS), dtype=torch.float64) for t in CELL_TYPES}
-        measured: dict[tuple[str, int, int, int], float] = {}
-        c = o["channels"]
-        for layer in range(o["layers"]):
-            reduction = layer in _reductions(o["layers"])
-            c = c * 2 if reduction else c
-            t = "reduce" if reduction else "normal"
-            for e in range(EDGES):
-                stride = 2 if reduction and EDGE_INPUT[e] < 2 else 1
-                at = side // 2 if reduction and stride == 1 else side  # nodes of a reduction cell are reduced
-                for k, op in enumerate(OPS):
-                    if op == "none":
-                        continue
-                    key = (op, c, at, stride)
-                    if key not in measured:
-                        measured[key] = count_costs(make_op(op, c, stride, mode, affine=True), (1, c, at, at))["macs"]
-                    per_op[t][e, k] += measured[key]
-            side = side // 2 if reduction else side
+        plan = [("reduce" if layer in _reductions(o["layers"]) else "normal", layer in _reductions(o["layers"]))
+                for layer in range(o["layers"])]
+        sizes = cells.plan_sizes(plan, channels=o["channels"], resolution=o["resolution"])
         fixed = count_costs(self.build(self.smallest()), self.target(self.smallest()).input_shape)["macs"]
-        return OpCosts(float(fixed), per_op)
+        return cells.measure_op_costs(LAYOUT, sizes, lambda op, c, s: make_op(op, c, s, o["binarize"], affine=True),
+                                      fixed=fixed)
 
     def draw(self, arch: Arch, out: Path) -> list[Path]:
         """normal.png and reduce.png in `out`: each cell as a left-to-right DAG with its ops on the edges."""
-        from matplotlib.figure import Figure
-
-        out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for t in CELL_TYPES:
-            graph = cell_graph(arch[t])
-            validate_cell(graph)
-            pos = {"c_{k-2}": (0, 1.0), "c_{k-1}": (0, -1.0), "c_{k}": (NODES + 1, 0)}
-            pos.update({str(j): (j + 1, 1.2 * (-1) ** j * 0.5) for j in range(NODES)})
-            figure = Figure(figsize=(9, 4.5))
-            ax = figure.add_subplot()
-            nx.draw_networkx(graph, pos, ax=ax, node_color=["#9ecae1" if n.startswith("c_") else "#fdd0a2"
-                                                              for n in graph], node_size=1300, font_size=9,
-                             arrowsize=14, connectionstyle="arc3,rad=0.08")
-            labels = {(a, b): d["op"] for a, b, d in graph.edges(data=True) if d["op"] != "concat"}
-            nx.draw_networkx_edge_labels(graph, pos, edge_labels=labels, ax=ax, font_size=7, label_pos=0.45,
-                                         connectionstyle="arc3,rad=0.08")
-            ax.set_title(f"{t} cell ({arch['binarize']} binarized)")
-            ax.axis("off")
-            path = out / f"{t}.png"
-            tmp = path.with_name(f".{path.name}.tmp.png")
-            figure.savefig(tmp, dpi=110, bbox_inches="tight")
-            tmp.replace(path)
-            paths.append(path)
-        return paths
+        return cells.draw_cells(LAYOUT, {t: arch[t] for t in CELL_TYPES}, out, note=f"{arch['binarize']} binarized")
 
 
 __all__ = ["OPS", "BinaryCells", "CellParam", "OpCosts", "Supernet", "cell_graph", "check_genotype",

@@ -3,6 +3,9 @@
 The default data is generated (no download; see `datasets.SyntheticSpec`); `cifar10:PATH` and
 `folder:PATH` read the formats users have. Images are resized to each trial's input size once and
 kept, so trials at the same size share the work.
+
+`adversarial=fgsm|pgd` trains on adversarial examples instead (l-infinity, in pixel space: see
+`adversarial`) and adds `robust_accuracy`, the accuracy under PGD, to every evaluation.
 """
 from __future__ import annotations
 
@@ -19,10 +22,12 @@ from torch import nn
 
 from ..registry import register_task
 from . import datasets
+from .adversarial import fgsm, pgd
 from .base import EpochCallback, Task
 
 DEFAULT_EPOCHS = 3
 _RESIZED_KEPT = 4  # input sizes whose resized copies stay in memory (a search revisits a few sizes)
+ADVERSARIAL = ("none", "fgsm", "pgd")
 
 
 @register_task("classification")
@@ -33,6 +38,12 @@ class ClassificationTask(Task):
     `base_resolution` is the proxy side at proxy_scale 1.0 (default: the source's native side, 64 for the
     generated set and image folders, 32 for CIFAR-10). `limit_train` / `limit_val` keep a fixed random
     subset of each split, for quick runs and tests. No augmentation: a few-epoch proxy does not overfit.
+
+    `adversarial` is "none", "fgsm" (train on FGSM examples from a random start, ABanditNAS's Algorithm 8)
+    or "pgd" (on PGD-`adv_iters` examples: Madry et al.), with `adv_eps` and `adv_step` in pixel units
+    (default 8/255 and 2/255, ABanditNAS's CIFAR-10 setting). With either, evaluations report
+    `robust_accuracy` next to the clean `accuracy`: the % of validation images classified right before and
+    after PGD-`adv_iters` from a random start (seeded: the same model scores the same), never above accuracy.
     """
 
     DEFAULT_EPOCHS = DEFAULT_EPOCHS
@@ -40,7 +51,16 @@ class ClassificationTask(Task):
     def __init__(self, *, data: str = "synthetic", base_resolution: int | None = None, batch_size: int = 128,
                  lr: float = 4e-3, weight_decay: float = 0.05, label_smoothing: float = 0.1,
                  grad_clip: float | None = 1.0, limit_train: int | None = None, limit_val: int | None = None,
-                 device: str = "cpu", threads: int | None = None):
+                 device: str = "cpu", threads: int | None = None, adversarial: str = "none",
+                 adv_eps: float = 8 / 255, adv_step: float = 2 / 255, adv_iters: int = 7):
+        if adversarial not in ADVERSARIAL:
+            raise ValueError(f"adversarial={adversarial!r} is not a training mode; use one of {', '.join(ADVERSARIAL)}")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (adv_eps, adv_step))
+        if not (numbers and 0 <= adv_eps <= 1 and 0 < adv_step <= 1) or isinstance(adv_iters, bool) or \
+                not isinstance(adv_iters, int) or adv_iters < 1:
+            raise ValueError(f"adv_eps must lie in [0, 1] and adv_step in (0, 1] (pixel units, e.g. 8/255 = 0.0314), "
+                             f"adv_iters be an integer >= 1; got {adv_eps!r}, {adv_step!r}, {adv_iters!r}")
+        self.adversarial, self.adv_eps, self.adv_step, self.adv_iters = adversarial, adv_eps, adv_step, adv_iters
         self.source = datasets.open_source(data, resolution=base_resolution)
         self.data_name = data
         self.classes = self.source.classes
@@ -67,7 +87,9 @@ class ClassificationTask(Task):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "data": self.data_name, "batch_size": self.batch_size, "lr": self.lr,
                 "weight_decay": self.weight_decay, "label_smoothing": self.label_smoothing,
-                "grad_clip": self.grad_clip, "limit_train": self.limit_train, "limit_val": self.limit_val}
+                "grad_clip": self.grad_clip, "limit_train": self.limit_train, "limit_val": self.limit_val,
+                **({"adversarial": self.adversarial, "adv_eps": self.adv_eps, "adv_step": self.adv_step,
+                    "adv_iters": self.adv_iters} if self.adversarial != "none" else {})}
 
     # -- data -----------------------------------------------------------------------------------------------
 
@@ -128,8 +150,8 @@ class ClassificationTask(Task):
             total, count = 0.0, 0
             for step in range(steps_per_epoch):
                 idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-                x = self._prepare(train_x[idx], mean, std)
                 y = data.train_y[idx].to(self.device)
+                x = self._attack(model, self._prepare(train_x[idx], mean, std), y, mean, std)
                 loss = F.cross_entropy(model(x), y, label_smoothing=self.label_smoothing)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -168,6 +190,23 @@ class ClassificationTask(Task):
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, target)
+
+    def adversarial_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                          input_size: int) -> torch.Tensor:
+        """The batch a training step of `adversarial` uses: `x` (from `batches` at `input_size`) attacked by
+        FGSM or PGD in the model's current mode, normalised like `x`; `x` itself when adversarial is none. For
+        one-shot strategies that train adversarially with their own loop."""
+        mean, std = (t.to(self.device) for t in _channel_stats(self._at_size(input_size)[0]))
+        return self._attack(model, x, y, mean, std)
+
+    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor,
+                std: torch.Tensor) -> torch.Tensor:
+        if self.adversarial == "none":
+            return x
+        options = {"eps": self.adv_eps, "step": self.adv_step, "loss_fn": F.cross_entropy, "mean": mean, "std": std}
+        if self.adversarial == "fgsm":
+            return fgsm(model, x, y, **options).contiguous(memory_format=torch.channels_last)
+        return pgd(model, x, y, iters=self.adv_iters, **options).contiguous(memory_format=torch.channels_last)
 
     def evaluate(self, model: nn.Module, *, input_size: int, limit: int | None = None) -> dict[str, float]:
         data = self.data()
@@ -215,19 +254,32 @@ class ClassificationTask(Task):
         x = x.to(self.device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
         return x.contiguous(memory_format=torch.channels_last)
 
-    @torch.no_grad()
     def _evaluate(self, model: nn.Module, val_x: torch.Tensor, val_y: torch.Tensor,
                   mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
+        """Clean accuracy and loss; with `adversarial` set, also the accuracy under PGD-`adv_iters` (its random
+        starts drawn from a fixed seed, leaving the caller's random state be)."""
         model.eval()
-        correct, loss = 0, 0.0
-        for i in range(0, len(val_x), 500):
-            logits = model(self._prepare(val_x[i:i + 500], mean, std))
-            y = val_y[i:i + 500].to(self.device)
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += int((logits.argmax(1) == y).sum())
+        correct, loss, robust = 0, 0.0, 0
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(0)
+            for i in range(0, len(val_x), 500):
+                x = self._prepare(val_x[i:i + 500], mean, std)
+                y = val_y[i:i + 500].to(self.device)
+                with torch.no_grad():
+                    logits = model(x)
+                loss += F.cross_entropy(logits, y, reduction="sum").item()
+                right = logits.argmax(1) == y
+                correct += int(right.sum())
+                if self.adversarial != "none":  # robust: right before the attack and still right after it
+                    x = pgd(model, x, y, eps=self.adv_eps, step=self.adv_step, iters=self.adv_iters,
+                            loss_fn=F.cross_entropy, mean=mean, std=std)
+                    with torch.no_grad():
+                        robust += int((right & (model(x).argmax(1) == y)).sum())
         if not math.isfinite(loss):
             raise FloatingPointError("evaluation diverged: the validation loss is not finite")
-        return {"accuracy": 100.0 * correct / len(val_x), "loss": loss / len(val_x)}
+        metrics = {"accuracy": 100.0 * correct / len(val_x), "loss": loss / len(val_x)}
+        return {**metrics, "robust_accuracy": 100.0 * robust / len(val_x)} if self.adversarial != "none" else metrics
 
 
 def _subset(data: datasets.ImageData, limit_train: int | None, limit_val: int | None) -> datasets.ImageData:
