@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -78,10 +79,11 @@ def run(name: str, round_: int, args: argparse.Namespace) -> dict[str, float]:
         return json.loads(cache.read_text())
     command = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--batch", str(args.batch),
                "--channels", str(args.channels), "--layers", str(args.layers), "--threads", str(args.threads)]
+    load = os.getloadavg()[0]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = {**json.loads(done.stdout.strip().splitlines()[-1]), "load": max(load, os.getloadavg()[0])}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(figures))
     print(f"round {round_} {name}: {figures['step_s']:.2f} s/step, peak {figures['peak_gb']:.2f} GB", flush=True)
@@ -97,14 +99,19 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"comma-separated, of {', '.join(CONFIGS)} (pc-darts and reference-pc-darts at least)")
     args = parser.parse_args()
+    names = args.configs.split(",")
+    if set(names) - set(CONFIGS) or not {"pc-darts", "reference-pc-darts"} <= set(names):
+        parser.error(f"--configs {args.configs}: name pc-darts, reference-pc-darts and any of {', '.join(CONFIGS)}")
     if args.child:
         print(json.dumps(measure(args.child, steps=args.steps, batch=args.batch, channels=args.channels,
                                  layers=args.layers, threads=args.threads)))
         return
-    rows: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS if name in names}
     for r in range(args.rounds):  # alternate, so that a slow phase of the shared machine hits every config
-        for name in CONFIGS:
+        for name in rows:
             rows[name].append(run(name, r, args))
     report(rows, args)
 
@@ -117,10 +124,13 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
     lines = [f"Setting: batch {args.batch}, C={args.channels}, {args.layers} cells, 3x32x32, 10 classes, "
              f"{args.threads} torch threads; one weight step = forward + backward + SGD. Median of "
              f"{args.rounds} rounds x {args.steps} timed steps, each round a fresh process per configuration "
-             f"(rounds alternate the configurations). Peak = the process's maximum resident set.", "",
+             f"(rounds alternate the configurations). Peak = the process's maximum resident set. The machine's "
+             f"1-minute load average during the measurements: up to "
+             f"{max(r.get('load', 0) for runs in rows.values() for r in runs):.1f} (2 cores).", "",
              "| supernet | M | binarized | s/step | peak GB | reference s/step | reference GB |",
              "|---|---|---|---|---|---|---|"]
-    for name, (m, _, binarize) in CONFIGS.items():
+    for name in rows:
+        m, _, binarize = CONFIGS[name]
         ref = REFERENCE.get(name.removeprefix("reference-"))
         lines.append(f"| {name} | {m} | {binarize} | {step[name]:.2f} | {peak[name]:.2f} | "
                      f"{ref[0] if ref else '-'} | {ref[1] if ref else '-'} |")
@@ -133,11 +143,15 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
     lines += ["", "- " + verdict("the papers' design run side by side (reference-pc-darts)",
                                  step["reference-pc-darts"], peak["reference-pc-darts"]),
               "- " + verdict("the issue's fixed reference figures", *REFERENCE["pc-darts"]),
-              f"- The side-by-side reference itself: PC-DARTS {step['reference-pc-darts'] / REFERENCE['pc-darts'][0]:.2f}x "
-              f"and DARTS {step['reference-darts'] / REFERENCE['darts'][0]:.2f}x the fixed reference times.",
-              f"- Within this run, nasplat's PC-DARTS takes {step['pc-darts'] / step['darts']:.2f}x the time and "
-              f"{peak['pc-darts'] / peak['darts']:.2f}x the memory of its DARTS."]
-    write_section(SECTION, "\n".join(lines), command="python bench/supernet_step.py")
+              f"- The side-by-side reference itself: " + " and ".join(
+                  f"{n.removeprefix('reference-')} {step[n] / REFERENCE[n.removeprefix('reference-')][0]:.2f}x the time "
+                  f"and {peak[n] / REFERENCE[n.removeprefix('reference-')][1]:.2f}x the memory"
+                  for n in ("reference-pc-darts", "reference-darts") if n in rows) + " of the fixed reference figures."]
+    if "darts" in rows:
+        lines.append(f"- Within this run, nasplat's PC-DARTS takes {step['pc-darts'] / step['darts']:.2f}x the time "
+                     f"and {peak['pc-darts'] / peak['darts']:.2f}x the memory of its DARTS.")
+    command = "python bench/supernet_step.py" + ("" if list(rows) == list(CONFIGS) else f" --configs {args.configs}")
+    write_section(SECTION, "\n".join(lines), command=command)
     print("\n".join(lines))
 
 
