@@ -7,12 +7,16 @@ and 200 trials, the Ray runner at 2 workers on a Ray instance started for the se
 the pieces from inside: Ray's start and stop, Tune's set-up before the first trial and its teardown after
 the last, journal and snapshot writes, and the strategy's ask and tell; what remains of the time between
 the first trial and the last is Tune's dispatch. A bare Ray actor pool on the same machine is the floor.
+As extra information (not the goal's definition), the same searches on a Ray instance that is running
+already (started before `api.start` and stopped after it, as `--ray-address` joins one) show what Tune costs
+without Ray's start and stop.
 
-    .venv/bin/python bench/ray_dispatch.py      # about a minute on 2 cores
+    .venv/bin/python bench/ray_dispatch.py      # about 3 minutes on 2 cores
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -98,9 +102,17 @@ class Timers:
 
 
 def search(runner: str, trials: int, out: Path) -> tuple[float, dict[str, float]]:
-    """One search's wall time and its breakdown (for the Ray runner)."""
+    """One search's wall time and its breakdown (for the Ray runner). Runner "joined": the Ray runner on a
+    Ray instance started before the timed search and stopped after it."""
     import ray
     from ray import tune
+
+    if runner == "joined":
+        ray_cluster._start(cpus=WORKERS, quiet={"log_to_driver": False, "logging_level": "ERROR"})
+        try:
+            return search("ray", trials, out)
+        finally:
+            ray.shutdown()
 
     timers = Timers()
     strategy = STRATEGIES.get("random")
@@ -169,22 +181,25 @@ def main() -> None:
         register_space("noop")(NoOpSpace)
         register_task("noop")(NoOpTask)
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows, breakdowns = [], {}
+    rows, extra, breakdowns = [], [], {}
     with tempfile.TemporaryDirectory(prefix="ray-dispatch-") as tmp:
         for n in sizes:
-            walls: dict[str, list[float]] = {"local": [], "ray": []}
+            walls: dict[str, list[float]] = {"local": [], "ray": [], "joined": []}
             for repeat in range(args.repeats):
-                for runner in ("local", "ray"):
+                for runner in walls:
                     wall, parts = search(runner, n, Path(tmp) / f"{runner}-{n}-{repeat}")
                     walls[runner].append(wall)
                     if runner == "ray":
                         breakdowns.setdefault(n, []).append(parts)
-                    print(f"{runner:>5} {n:>4} trials: {wall:.2f} s ({wall / n * 1e3:.1f} ms/trial)", flush=True)
+                    print(f"{runner:>6} {n:>4} trials: {wall:.2f} s ({wall / n * 1e3:.1f} ms/trial), "
+                          f"load {os.getloadavg()[0]:.2f}", flush=True)
             local, on_ray = statistics.median(walls["local"]), statistics.median(walls["ray"])
+            joined = statistics.median(walls["joined"])
             goal = 0.1 if n <= 40 else 0.03
             rows.append(f"| {n} | {local:.2f} s | {local / n * 1e3:.1f} ms | {on_ray:.2f} s | {on_ray / n * 1e3:.0f} ms | "
                         f"{(on_ray - local) / n * 1e3:.0f} ms | {goal * 1e3:.0f} ms | "
                         f"{'met' if on_ray / n <= goal else 'NOT met'} |")
+            extra.append(f"| {n} | {joined:.2f} s | {joined / n * 1e3:.0f} ms | {(joined - local) / n * 1e3:.0f} ms |")
     floor = actor_pool_ms()
     lines = [
         f"No-op trials (a table that answers at once), random strategy, the Ray runner at {WORKERS} workers on a "
@@ -195,6 +210,13 @@ def main() -> None:
         "| goal (Ray per trial) | |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        "Extra information, not the goal's measure: the same searches on a Ray instance running already "
+        "(started before and stopped after the timed search, as one joined with `--ray-address`):",
+        "",
+        "| trials | Ray runner, Ray running already | per trial | overhead per trial (- local) |",
+        "|---|---|---|---|",
+        *extra,
         "",
         "Where the Ray runner's time goes (seconds, median over the searches of each size):",
         "",
@@ -210,7 +232,10 @@ def main() -> None:
         "Tune's dispatch per trial: " + ", ".join(f"{v:.1f} ms at {n} trials" for n, v in per_trial.items())
         + f"; a bare pool of {WORKERS} Ray actors answers a no-op call in {floor:.2f} ms. Settings: actors "
         "reused, auto-loggers off, verbose 0, no checkpoints, Tune's experiment snapshots off, at most "
-        f"{WORKERS} trials pending, one report per trial (the last epoch's metrics ride with the result).",
+        f"{WORKERS} trials pending, one report per trial (the last epoch's metrics ride with the result), and "
+        "each worker's first result held until every worker has started (without it, Tune ran every no-op "
+        "trial on the first worker and requested and cancelled a second actor at each trial).",
+        f"Load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs.",
     ]
     write_section(SECTION, "\n".join(lines), command="python bench/ray_dispatch.py")
     print("\n".join(lines))

@@ -9,8 +9,9 @@ a finished trial. Tune's own experiment folder is scratch (a temporary directory
 nasplat never restores from it (Tune's restore has lost searcher state before: ray#30861).
 
 Settings for low overhead per trial: actors reused between trials, no auto-loggers, no progress output,
-no checkpoints, one result report per epoch with the last one carrying the result (see bench/ray_dispatch.py
-for the measured figures).
+no checkpoints, one result report per epoch with the last one carrying the result, and each worker's first
+result held until all the workers have started (`ray_trial.wait_for_workers`: otherwise short trials all
+run on the first worker while Tune requests and cancels the others); bench/ray_dispatch.py measures them.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from ..tasks.base import TabularTask
 from .components import Components, build_components
 from .driver import Driver, SearchOutcome
 from .ray_cluster import RaySession, ray_session
-from .ray_trial import EPOCH, TrialJob, run_trial
+from .ray_trial import EPOCH, TrialJob, forget_roll_call, run_trial
 
 if TYPE_CHECKING:
     from ..tasks.base import Task
@@ -89,7 +90,8 @@ def run_search_ray(run: RunDir, *, resume: bool = False, console: Console | None
     check_ray_options(config, comp.task)
     driver = Driver(run, resume=resume, console=console, components=comp, record=session.describe())
     job = TrialJob(secrets.token_hex(8), comp.space, comp.task, tuple(config.constraints), comp.epochs,
-                   config.seed, comp.costs, comp.strategy.metric, max(1, int(config.cpus_per_trial)))
+                   config.seed, comp.costs, comp.strategy.metric, max(1, int(config.cpus_per_trial)),
+                   min(session.workers, config.trials or session.workers))  # a worker no trial needs never signs in
     events = TuneEvents(driver)
     searcher = StrategySearcher(driver, events)
     scheduler = ASHAScheduler(time_attr=EPOCH, metric=comp.strategy.metric, mode="max", max_t=comp.epochs) \
@@ -117,5 +119,6 @@ def run_search_ray(run: RunDir, *, resume: bool = False, console: Console | None
     except KeyboardInterrupt:
         reason = driver.interrupted()
     finally:
+        forget_roll_call(job.key)
         shutil.rmtree(scratch, ignore_errors=True)
     return driver.finish(reason, report=report)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ EPOCH = "nasplat_epoch"  # the epoch a report closes; ASHA's time attribute
 METRICS = "nasplat_metrics"  # that epoch's metrics (JSON)
 RESULT = "nasplat_result"  # the trial's Result (JSON); only the last report has it
 WEIGHTS = "nasplat_weights"  # the trained state_dict (torch.save bytes) of a trial that may be the best
+ROLL_CALL_SECONDS = 30.0  # the longest a worker's first result waits for the other workers to start
+ROLL_CALL = "nasplat-roll-call"  # Ray's key-value namespace where each worker of a search signs in
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,43 @@ class TrialJob:
     costs: CostModel
     metric: str  # the strategy's maximised metric: the one ASHA compares and the best is judged by
     threads: int  # torch threads per trial: the CPUs reserved for it
+    workers: int  # trials at a time: the workers that sign in before the first results go back
 
 
 _JOBS: dict[str, TrialJob] = {}
+_SIGNED: set[str] = set()  # keys of the searches this worker has signed in for
+
+
+def sign_in(job: TrialJob) -> bool:
+    """Signs this worker in for the search when it starts its first trial of it (True then). Signing in is a
+    key in Ray's key-value store (the one Tune keeps its trainables in), so it holds across a cluster's nodes."""
+    from ray import get_runtime_context
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    if job.workers < 2 or job.key in _SIGNED:
+        return False
+    _SIGNED.add(job.key)
+    _internal_kv_put(f"{job.key}:{get_runtime_context().get_worker_id()}", b"1", namespace=ROLL_CALL)
+    return True
+
+
+def wait_for_workers(job: TrialJob) -> None:
+    """Holds a worker's first result until all `job.workers` have started a trial (ROLL_CALL_SECONDS at most).
+    Tune gives a finished trial's actor to the next pending trial, cancelling the start of that trial's own
+    actor: trials that finish before the other workers are up would all run on the first one, while Tune
+    requests and cancels another actor at every trial."""
+    from ray.experimental.internal_kv import _internal_kv_list
+
+    deadline = time.monotonic() + ROLL_CALL_SECONDS
+    while len(_internal_kv_list(f"{job.key}:", namespace=ROLL_CALL)) < job.workers and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def forget_roll_call(key: str) -> None:
+    """Deletes the search's sign-ins (on a cluster that outlives the search)."""
+    from ray.experimental.internal_kv import _internal_kv_del
+
+    _internal_kv_del(f"{key}:", del_by_prefix=True, namespace=ROLL_CALL)
 
 
 def trial_config(trial: Trial, *, ship_above: float | None) -> dict[str, Any]:
@@ -65,6 +102,7 @@ def run_trial(config: Mapping[str, Any], job: TrialJob) -> None:
     import torch
 
     job = _JOBS.setdefault(job.key, job)
+    first = sign_in(job)
     torch.set_num_threads(job.threads)
     trial = Trial(int(config["trial"]), Arch.from_json(config["arch"]))
     last: dict[str, Any] = {}
@@ -84,6 +122,8 @@ def run_trial(config: Mapping[str, Any], job: TrialJob) -> None:
     result = outcome.result
     if outcome.model is not None and result.ok and (threshold is None or result.metrics[job.metric] > threshold):
         final[WEIGHTS] = _state_bytes(outcome.model)
+    if first:
+        wait_for_workers(job)
     tune.report(final)
 
 
