@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula bench-nb201 bench-ray bench-oneshot clean
+.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula bench-nb201 bench-ray bench-oneshot bench-bandit clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-oneshot: install
 	$(PY) bench/supernet_step.py
 	$(PY) bench/oneshot_search.py
 	$(PY) bench/cp_supervision.py
+
+bench-bandit: install
+	$(PY) bench/bandit_search.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

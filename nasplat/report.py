@@ -67,13 +67,18 @@ def summary_text(run_dir: str | Path) -> str:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Writes report/pareto.png, report/progress.png and report/summary.md; returns the report folder."""
+    """Writes report/pareto.png, report/progress.png and report/summary.md, and for an operation-space
+    reduction (cp-nas, bnas, abandit) report/reduction.png; returns the report folder."""
     run = _Run.open(Path(run_dir))
     folder = run.path / "report"
     folder.mkdir(exist_ok=True)
     _save(_pareto_figure(run), folder / "pareto.png")
     _save(_progress_figure(run), folder / "progress.png")
     text = _summary(run) + "\n![Pareto front](pareto.png)\n\n![Search progress](progress.png)\n"
+    rounds = abandoned_by_round(run.events)
+    if rounds:
+        _save(_reduction_figure(run, rounds), folder / "reduction.png")
+        text += "\n![Operations abandoned, round by round](reduction.png)\n"
     best = run.best()
     if best is not None and run.space is not None and hasattr(run.space, "draw"):  # spaces of cells draw them
         drawn = run.space.draw(Arch.from_dict(best["arch"]), folder / "cells")
@@ -310,6 +315,65 @@ def _progress_figure(run: _Run) -> Any:
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", loc="best")
+    return figure
+
+
+def abandoned_by_round(events: Sequence[Mapping[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Round -> what each edge abandoned in it, with the scores of all its ops then (`abandoned` of the
+    supernet events of a reduction strategy; records without those scores are left out)."""
+    rounds: dict[int, list[dict[str, Any]]] = {}
+    for event in events:
+        if event.get("event") == "supernet":
+            for record in event.get("abandoned", ()):
+                if isinstance(record.get("scores"), Mapping):
+                    rounds.setdefault(int(record["round"]), []).append(dict(record))
+    return dict(sorted(rounds.items()))
+
+
+def _reduction_figure(run: _Run, rounds: Mapping[int, Sequence[Mapping[str, Any]]]) -> Any:
+    """One panel per round: edges down, ops across, each edge's scores scaled to its own range (the
+    lowest 0, the highest 1: abandoning compares ops within an edge), x on the op it abandoned, blank where an
+    op was gone already."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    ops: list[str] = []
+    edges: list[tuple[str, int]] = []
+    for records in rounds.values():
+        for record in records:
+            ops += [op for op in record["scores"] if op not in ops]
+            if (record["group"], record["edge"]) not in edges:
+                edges.append((record["group"], record["edge"]))
+    columns = min(len(rounds), 4)
+    rows = math.ceil(len(rounds) / columns)
+    figure = Figure(figsize=(1.2 + columns * (0.32 * len(ops) + 0.9), 1.4 + rows * (0.2 * len(edges) + 1.6)),
+                    layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    cmap = colormaps["viridis"].with_extremes(bad="#eeeeee")
+    image = None
+    for ax, (round_, records) in zip(axes.flat, rounds.items()):
+        grid = np.full((len(edges), len(ops)), np.nan)
+        dropped = []
+        for record in records:
+            row = edges.index((record["group"], record["edge"]))
+            scores = {op: (math.inf if s is None else float(s)) for op, s in record["scores"].items()}
+            finite = [s for s in scores.values() if math.isfinite(s)]
+            low, high = (min(finite), max(finite)) if finite else (0.0, 0.0)
+            for op, score in scores.items():
+                grid[row, ops.index(op)] = 1.0 if score == math.inf else \
+                    (score - low) / (high - low) if high > low else 0.5
+            dropped.append((ops.index(record["op"]), row))
+        image = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax.scatter(*zip(*dropped), marker="x", color="red", s=30, linewidths=1.5)
+        ax.set_title(f"round {round_}: {len(records[0]['scores'])} ops left", fontsize=9)
+        ax.set_xticks(range(len(ops)), ops, rotation=90, fontsize=7)
+    for ax in axes[:, 0]:  # shared along each row
+        ax.set_yticks(range(len(edges)), [f"{g} {e}" for g, e in edges], fontsize=6)
+    for ax in list(axes.flat)[len(rounds):]:
+        ax.axis("off")
+    figure.colorbar(image, ax=axes, shrink=0.6, label="score within the edge (0 lowest, 1 highest)")
+    figure.suptitle(f"{run.path.name}: operations abandoned per edge (red x), round by round")
     return figure
 
 

@@ -3,7 +3,8 @@
 Each round samples single-path sub-networks (one op per edge), is told each one's value (its accuracy, or
 CP-NAS's indicator), scores every remaining op of every edge from the values of the paths that used it, and
 abandons the lowest-scoring op on every edge; rounds go on until one op is left per edge. The methods differ
-only in the `Sampler` (which paths a pass tries) and the `Scorer` (how values become scores), which plug in.
+only in the `Sampler` (which paths a pass tries, and how many paths make a round) and the `Scorer` (how values
+become scores), which plug in; BNAS's and the anti-bandit's are in nasplat.oneshot.bandits.
 
 The engine is ask/tell and framework-free, and `state()` / `restore()` make a killed search resume exactly:
 a pass's paths are fixed when it starts and kept in the state, and the random generator travels with it.
@@ -29,6 +30,10 @@ class Sampler(Protocol):
     def pass_paths(self, remaining: Remaining, rng: random.Random, context: Any) -> list[Path]:
         """The paths of one pass over the current operation space."""
 
+    def round_size(self, k: int, repeats: int) -> int:
+        """How many sampled paths make a round when `k` ops are left per edge: the engine draws passes until
+        it has that many (cutting the last one short), and abandons once all their values are in."""
+
 
 class Scorer(Protocol):
     def observe(self, path: Mapping[str, Sequence[int]], value: float) -> None: ...
@@ -51,6 +56,9 @@ class UniformWithoutReplacement:
         orders = {g: [rng.sample(list(ops), len(ops)) for ops in edges] for g, edges in remaining.items()}
         k = min(len(ops) for edges in remaining.values() for ops in edges)
         return [{g: tuple(order[i] for order in edges) for g, edges in orders.items()} for i in range(k)]
+
+    def round_size(self, k: int, repeats: int) -> int:
+        return repeats * k  # `repeats` whole passes
 
 
 class SoftmaxMeanScorer:
@@ -98,7 +106,9 @@ class SoftmaxMeanScorer:
 
 
 class ReductionEngine:
-    """Rounds of `repeats` passes; after each round the lowest-scoring op of every edge is abandoned.
+    """Rounds of sampled paths, as many as the sampler's `round_size` says (`repeats` passes for CP-NAS,
+    K x T single samples for the anti-bandit); after each round the lowest-scoring op of every edge is
+    abandoned, and `history` records it with the scores of all the edge's ops it was judged against.
 
     `ask()` gives the next path, or None when the engine is `done` or when the round's paths are all out and
     it waits for their values. `keep_last_out` names ops that may never be the last one left on an edge
@@ -115,7 +125,7 @@ class ReductionEngine:
         self.protected = {self.ops.index(o) for o in keep_last_out if o in self.ops}
         self.rng = random.Random(seed)
         self._remaining = {g: [list(range(len(self.ops))) for _ in range(n)] for g, n in groups.items()}
-        self.round, self.passes = 1, 0
+        self.round, self.sampled = 1, 0  # paths drawn in this round
         self.queue: list[Path] = []
         self.outstanding: list[Path] = []
         self.history: list[dict[str, Any]] = []
@@ -127,15 +137,25 @@ class ReductionEngine:
     def remaining(self) -> dict[str, list[list[int]]]:
         return {g: [list(ops) for ops in edges] for g, edges in self._remaining.items()}
 
+    @property
+    def round_size(self) -> int:
+        return self.sampler.round_size(min(len(ops) for edges in self._remaining.values() for ops in edges),
+                                       self.repeats)
+
+    def planned(self) -> int:
+        """Sampled paths of the whole search, for a progress bar: the round sizes from K ops down to 2."""
+        return sum(self.sampler.round_size(k, self.repeats) for k in range(2, len(self.ops) + 1))
+
     def ask(self) -> Path | None:
         if self.done:
             return None
-        if not self.queue and self.passes < self.repeats:
-            self.queue = self.sampler.pass_paths(self._remaining, self.rng, self.context)
-            self.passes += 1
+        if not self.queue and self.sampled < self.round_size:
+            self.queue = self.sampler.pass_paths(self._remaining, self.rng, self.context)[
+                :self.round_size - self.sampled]
         if not self.queue:
             return None  # the round waits for the values of its outstanding paths
         path = self.queue.pop(0)
+        self.sampled += 1
         self.outstanding.append(path)
         return path
 
@@ -147,7 +167,7 @@ class ReductionEngine:
             raise ValueError(f"the value of a path must be a finite number, got {value!r}")
         self.outstanding.remove(path)
         self.scorer.observe(path, value)
-        if self.passes == self.repeats and not self.queue and not self.outstanding:
+        if self.sampled == self.round_size and not self.queue and not self.outstanding:
             self._end_round()
 
     def _end_round(self) -> None:
@@ -159,26 +179,32 @@ class ReductionEngine:
                 left = [op for op in ops if op != drop]
                 if len(left) == 1 and left[0] in self.protected:
                     drop = left[0]
+                judged = {self.ops[op]: _finite(scores[group][edge][op]) for op in ops}
                 ops.remove(drop)
                 self.history.append({"round": self.round, "group": group, "edge": edge, "op": self.ops[drop],
-                                     "score": scores[group][edge][drop]})
+                                     "score": judged[self.ops[drop]], "scores": judged})
         self.scorer.end_round(self._remaining)
         self.round += 1
-        self.passes = 0
+        self.sampled = 0
 
     def state(self) -> dict[str, Any]:
         version, internal, gauss = self.rng.getstate()
         encode = lambda paths: [{g: list(p) for g, p in path.items()} for path in paths]  # noqa: E731
-        return {"remaining": self.remaining(), "round": self.round, "passes": self.passes,
+        return {"remaining": self.remaining(), "round": self.round, "sampled": self.sampled,
                 "queue": encode(self.queue), "outstanding": encode(self.outstanding), "history": self.history,
                 "rng": [version, list(internal), gauss], "scorer": self.scorer.state()}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         decode = lambda paths: [{g: tuple(p) for g, p in path.items()} for path in paths]  # noqa: E731
         self._remaining = {g: [list(ops) for ops in edges] for g, edges in state["remaining"].items()}
-        self.round, self.passes = int(state["round"]), int(state["passes"])
+        self.round, self.sampled = int(state["round"]), int(state["sampled"])
         self.queue, self.outstanding = decode(state["queue"]), decode(state["outstanding"])
         self.history = list(state["history"])
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self.scorer.restore(state["scorer"])
+
+
+def _finite(score: float) -> float | None:
+    """A score as the journal keeps it: JSON has no infinity (an untried arm's bound), so that is None."""
+    return score if math.isfinite(score) else None
