@@ -47,6 +47,7 @@ bench-oneshot: install
 
 bench-bandit: install
 	$(PY) bench/bandit_search.py
+	$(PY) bench/abandit_robust.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
