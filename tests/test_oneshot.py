@@ -129,7 +129,7 @@ def test_kill_9_mid_search_resumes_to_the_same_genotype(tmp_path, tmp_path_facto
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not _events(run_path, "derived")
-    done = subprocess.run([*CLI, "search", "--resume", str(run_path)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*CLI, "search", "--resume", str(run_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     clean_path = _clean_run(strategy, tmp_path_factory)
     resumed_steps = _events(run_path, "supernet")
