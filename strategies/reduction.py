@@ -82,7 +82,11 @@ class CPNAS(OneShotStrategy):
     @classmethod
     def check_space(cls, space: Any) -> None:
         super().check_space(space)
-        if space.options.get("binarize") == "none":
+        if "binarize" not in space.options:
+            raise ValueError(f"cp-nas trains a binarized Child against a full-precision Parent, and space "
+                             f"{space.name!r} has no binarization: search binary-cells, or use --strategy bnas, "
+                             f"abandit or pc-darts here")
+        if space.options["binarize"] == "none":
             raise ValueError("cp-nas trains a binarized Child against a full-precision Parent: give the space a "
                              "binarization (--space-option binarize=both, or weights)")
 

@@ -144,6 +144,7 @@ def test_kill_9_mid_search_resumes_to_the_same_genotype(tmp_path, tmp_path_facto
     (["search", "binary-cells", "--strategy", "darts", "--runner", "ray"], "local runner"),
     (["search", "binary-cells", "--strategy", "darts", "--strategy-option", "nope=1"], "takes no option 'nope'"),
     (["search", "binary-cells", "--strategy", "cp-nas", "--space-option", "binarize=none"], "binarized Child"),
+    (["search", "abandit-cells", "--strategy", "cp-nas"], "has no binarization: search binary-cells"),
     (["search", "binary-cells", "--space-option", "binarize=half"], "unknown binarization 'half'"),
     (["search", "binary-cells", "--strategy", "pc-darts", "--flops", "1k"], "is below the smallest"),
 ])
