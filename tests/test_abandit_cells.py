@@ -22,7 +22,7 @@ from nasplat.search_spaces.abandit_cells import (
     OPS, DenoisingBlock, DotProductFilter, GaborFilter, cell_plan, make_op,
 )
 from nasplat.search_spaces.binary_cells import SourceState
-from nasplat.tasks.classification import _reinitialise
+from nasplat.tasks.image_task import reinitialise
 
 TINY = {"channels": 4, "layers": 3}
 
@@ -102,7 +102,7 @@ def test_denoising_blocks_start_and_restart_as_the_identity(op):
         assert torch.equal(block.train(mode)(x), x)
     for p in block.parameters():
         nn.init.normal_(p)
-    _reinitialise(block)  # the task's re-initialisation before training must keep the identity
+    reinitialise(block)  # the task's re-initialisation before training must keep the identity
     assert torch.equal(block(x), x)
     assert torch.allclose(make_op(op, 6, 2)(x), nn.functional.avg_pool2d(x, 2))
     assert isinstance(block[1], DenoisingBlock)
