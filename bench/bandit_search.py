@@ -12,12 +12,14 @@ How this differs from the papers: CIFAR-10 on a GPU, C=16 and 8 cells, 50 PC-DAR
 retraining of 20 cells; here C=8 and 5 cells with binarized weights, 4,000 generated images at 32 px, and the
 evaluated network itself retrained for 3 epochs, on one torch thread (two benchmarks share the 2 cores).
 
-    .venv/bin/python bench/bandit_search.py            # estimated at 30-40 minutes on one core (not yet run)
+    .venv/bin/python bench/bandit_search.py            # 15 minutes on one core with the retrainings cached
+                                                       # by bench/oneshot_search.py, 25 without
     .venv/bin/python bench/bandit_search.py --smoke    # tiny settings, a few minutes; prints, writes no section
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -105,7 +107,8 @@ def report(rows: list, args: argparse.Namespace, space: Any, space_options: dict
     (_, _, pc_seconds, pc_runs), (_, _, bnas_seconds, bnas_runs) = rows
     lines += ["", f"BNAS's search took {bnas_seconds / pc_seconds:.2f}x PC-DARTS's time (the paper: 0.6x); its "
                   f"genotype retrained to {statistics.mean(r['accuracy'] for r in bnas_runs):.2f}% against "
-                  f"{statistics.mean(r['accuracy'] for r in pc_runs):.2f}%."]
+                  f"{statistics.mean(r['accuracy'] for r in pc_runs):.2f}%.",
+              f"Load average (1 min) at the end: {os.getloadavg()[0]:.2f} on 2 CPUs (each search uses one)."]
     if not args.smoke:  # tiny figures stay out of RESULTS.md
         write_section(SECTION, "\n".join(lines), command="python bench/bandit_search.py")
     print("\n".join(lines))
