@@ -37,8 +37,7 @@ from nasplat.cost import count_costs
 from nasplat.oneshot import cells
 from nasplat.oneshot.cells import CellLayout, CellParam, CellSupernet, Genotype, OpCosts
 from nasplat.registry import register_space
-from nasplat.search_spaces import binary_cells as darts
-from nasplat.search_spaces.binary_cells import Prep, SourceState, channel_shuffle
+from nasplat.search_spaces.binary_cells import MixedEdge, Prep, SourceState, channel_shuffle, conv_bn, full_precision
 from nasplat.space import SearchSpace, Target
 
 OPS = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "conv_3x3", "conv_5x5", "sep_conv_3x3", "sep_conv_5x5",
@@ -130,29 +129,18 @@ class DenoisingBlock(nn.Module):
         return F.avg_pool2d(out, 2) if self.stride == 2 else out
 
 
-def _dilated(k: int) -> Callable[[int, int, bool], nn.Module]:
-    """The released `conv_kxk`: a full k x k convolution of rate 2, then BN (its ReLU is the op's prep)."""
-    return lambda c, s, a: nn.Sequential(nn.Conv2d(c, c, k, s, k - 1, 2, bias=False), nn.BatchNorm2d(c, affine=a))
-
-
-def _darts(op: str) -> tuple[tuple[str, str], Callable[[int, int, bool], nn.Module]]:
-    """A DARTS op of the binary-cells table, at full precision."""
-    preps, core = darts.OP_TABLE[op]
-    return preps, lambda c, s, a: core(c, s, "none", a)
-
-
 # op -> (its prep at stride 1 and at stride 2, the core applied to the prep's output: (channels, stride,
 # affine BN) -> module). Standalone ops are prep then core; the supernet shares each source's preps among
 # its edges. The denoising blocks' BN is always affine: its zero-initialised scale is what makes them start
 # as the identity.
 OP_TABLE: dict[str, tuple[tuple[str, str], Callable[[int, int, bool], nn.Module]]] = {
-    "max_pool_3x3": _darts("max_pool_3x3"),
-    "avg_pool_3x3": _darts("avg_pool_3x3"),
-    "skip_connect": _darts("skip_connect"),
-    "conv_3x3": (("relu", "relu"), _dilated(3)),
-    "conv_5x5": (("relu", "relu"), _dilated(5)),
-    "sep_conv_3x3": _darts("sep_conv_3x3"),
-    "sep_conv_5x5": _darts("sep_conv_5x5"),
+    "max_pool_3x3": full_precision("max_pool_3x3"),
+    "avg_pool_3x3": full_precision("avg_pool_3x3"),
+    "skip_connect": full_precision("skip_connect"),
+    "conv_3x3": (("relu", "relu"), conv_bn(3, 2)),
+    "conv_5x5": (("relu", "relu"), conv_bn(5, 2)),
+    "sep_conv_3x3": full_precision("sep_conv_3x3"),
+    "sep_conv_5x5": full_precision("sep_conv_5x5"),
     "gabor_3x3": (("none", "none"), lambda c, s, a: DenoisingBlock(GaborFilter(c), c, s)),
     "denoise_3x3": (("none", "none"), lambda c, s, a: DenoisingBlock(DotProductFilter(), c, s)),
 }
@@ -248,28 +236,9 @@ class Network(_Macro):
         return self.features(x, lambda cell, s: cell(s))
 
 
-class MixedEdge(nn.Module):
-    """One supernet edge: the cores of its ops on the source's 1/M channels (PC-DARTS), weighted and summed."""
-
-    def __init__(self, c: int, stride: int, partial: int):
-        super().__init__()
-        if c % partial:
-            raise ValueError(f"partial_channels={partial} must divide the cell's channels ({c})")
-        self.part = c // partial
-        self.preps = [prep_of(op, stride) for op in OPS]
-        self.ops = nn.ModuleList(OP_TABLE[op][1](self.part, stride, False) for op in OPS)
-
-    def forward(self, source: SourceState, weights: torch.Tensor | None, ops: Sequence[int]) -> torch.Tensor:
-        """Weighted sum of `ops` (indices; weights None: the single op of a path, weight 1)."""
-        out: torch.Tensor | None = None
-        for k in ops:
-            y = self.ops[k](source.prep(self.preps[k]))
-            if weights is None:
-                out = y if out is None else out + y
-            else:
-                out = y * weights[k] if out is None else torch.addcmul(out, y, weights[k])
-        assert out is not None, "an edge runs at least one op (masks allow one at least)"
-        return out
+def _edge(c: int, stride: int, partial: int) -> MixedEdge:
+    return MixedEdge(OPS, channels=c, partial=partial, prep=lambda op: prep_of(op, stride),
+                     core=lambda op, part: OP_TABLE[op][1](part, stride, False))
 
 
 class SuperCell(nn.Module):
@@ -281,7 +250,7 @@ class SuperCell(nn.Module):
         self.layout, self.group, self.reduction = layout, group, reduction
         self.partial, self.part = partial, c // partial
         self.pre = _preprocess(c_prev, c, False)
-        self.edges = nn.ModuleList(MixedEdge(c, 2 if layout.strided(e, reduction=reduction) else 1, partial)
+        self.edges = nn.ModuleList(_edge(c, 2 if layout.strided(e, reduction=reduction) else 1, partial)
                                    for e in range(layout.edges))
 
     def forward(self, s: torch.Tensor, weights: torch.Tensor | None, edge_weights: torch.Tensor | None,

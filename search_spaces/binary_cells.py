@@ -181,6 +181,20 @@ def prep_of(op: str, stride: int) -> str:
     return OP_TABLE[op][0][stride - 1]
 
 
+def full_precision(op: str) -> tuple[tuple[str, str], Callable[[int, int, bool], nn.Module]]:
+    """`op` of this table at full precision, as an entry of another space's table: (its preps, a core
+    builder (channels, stride, affine BN) -> module)."""
+    preps, core = OP_TABLE[op]
+    return preps, lambda c, s, a: core(c, s, "none", a)
+
+
+def conv_bn(k: int, rate: int) -> Callable[[int, int, bool], nn.Module]:
+    """A core builder: a full k x k convolution of dilation `rate` (the size kept, or halved at stride 2), then
+    BN (the op's ReLU is its prep)."""
+    return lambda c, s, a: nn.Sequential(nn.Conv2d(c, c, k, s, rate * (k - 1) // 2, rate, bias=False),
+                                         nn.BatchNorm2d(c, affine=a))
+
+
 def make_op(op: str, channels: int, stride: int, mode: str, *, affine: bool) -> nn.Module:
     """A standalone op: its prep, then its core."""
     return nn.Sequential(Prep(prep_of(op, stride), stride, mode), OP_TABLE[op][1](channels, stride, mode, affine))
@@ -309,25 +323,34 @@ class SourceState:
         return self._tail
 
 
-class MixedEdge(nn.Module):
-    """One supernet edge: the cores of its ops on the source's 1/M channels (PC-DARTS), weighted and summed.
-    The cell adds the bypassing channels per node, not per edge (concatenation and shuffle are linear)."""
+def _edge(c: int, stride: int, mode: str, partial: int) -> MixedEdge:
+    return MixedEdge(OPS, channels=c, partial=partial, prep=lambda op: prep_of(op, stride),
+                     core=lambda op, part: OP_TABLE[op][1](part, stride, mode, False))
 
-    def __init__(self, c: int, stride: int, mode: str, partial: int):
+
+class MixedEdge(nn.Module):
+    """One supernet edge of any cell space: the cores of its ops on the source's 1/M channels (PC-DARTS),
+    weighted and summed; an op named "none" is never run. The cell adds the bypassing channels per node, not
+    per edge (concatenation and shuffle are linear). `prep(op)` names the op's shared prep, `core(op, part)`
+    builds its core on `part` channels."""
+
+    def __init__(self, ops: Sequence[str], *, channels: int, partial: int, prep: Callable[[str], str],
+                 core: Callable[[str, int], nn.Module]):
         super().__init__()
-        if c % partial:
-            raise ValueError(f"partial_channels={partial} must divide the cell's channels ({c})")
-        self.stride, self.part = stride, c // partial
-        self.preps = ["none" if op == "none" else prep_of(op, stride) for op in OPS]
-        self.ops = nn.ModuleList(nn.Identity() if op == "none" else OP_TABLE[op][1](self.part, stride, mode, False)
-                                 for op in OPS)  # the slot of "none" is never run
+        if channels % partial:
+            raise ValueError(f"partial_channels={partial} must divide the cell's channels ({channels})")
+        self.part = channels // partial
+        self.skipped = frozenset(k for k, op in enumerate(ops) if op == "none")
+        self.preps = ["none" if op == "none" else prep(op) for op in ops]
+        self.ops = nn.ModuleList(nn.Identity() if op == "none" else core(op, self.part)
+                                 for op in ops)  # the slot of "none" is never run
 
     def forward(self, source: SourceState, weights: torch.Tensor | None, ops: Sequence[int]) -> torch.Tensor | None:
         """Weighted sum of `ops` (indices; weights None: the single op of a path, weight 1); None when every
         op is "none"."""
         out: torch.Tensor | None = None
         for k in ops:
-            if k == NONE:
+            if k in self.skipped:
                 continue
             y = self.ops[k](source.prep(self.preps[k]))
             if weights is None:
@@ -345,7 +368,7 @@ class SuperCell(nn.Module):
         self.pre0 = FactorizedReduce(c_pp, c, mode, False, relu=True) if reduction_prev else \
             _preprocess(c_pp, c, mode, False)
         self.pre1 = _preprocess(c_p, c, mode, False)
-        self.edges = nn.ModuleList(MixedEdge(c, 2 if reduction and EDGE_INPUT[e] < 2 else 1, mode, partial)
+        self.edges = nn.ModuleList(_edge(c, 2 if reduction and EDGE_INPUT[e] < 2 else 1, mode, partial)
                                    for e in range(EDGES))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor | None,

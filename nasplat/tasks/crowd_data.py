@@ -21,7 +21,7 @@ from scipy.io import loadmat
 from scipy.io.matlab import MatReadError
 from scipy.spatial import cKDTree
 
-from .datasets import IMAGE_SUFFIXES, VAL_FRACTION, _background, _Draw, _hash_fraction, _what_is
+from .datasets import IMAGE_SUFFIXES, VAL_FRACTION, Draw, draw_background, hash_fraction, what_is
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def _uniform(gen: torch.Generator, low: float, high: float, *shape: int) -> torc
 def _textured_background(n: int, side: int, gen: torch.Generator) -> torch.Tensor:
     """The classification set's background (smooth colour field and strokes) under a multi-scale value-noise
     texture (pavement, grass, crowd-like mottling), so that no flat background gives the figures away."""
-    image = _background(_Draw(n, gen), side, strokes=4)
+    image = draw_background(Draw(n, gen), side, strokes=4)
     strength = _uniform(gen, 0.1, 0.4, n, 1, 1, 1)
     texture = torch.zeros(n, 1, side, side)
     for cells, weight in ((4, 0.5), (12, 0.3), (side // 4, 0.2)):
@@ -275,13 +275,13 @@ class ShanghaiTechSource(CrowdSource):
         self.text = text
         self.resolution = resolution
         if not path.is_dir():
-            raise ValueError(f"{text}: {path} {_what_is(path)} ({SHANGHAITECH_EXPECTED})")
+            raise ValueError(f"{text}: {path} {what_is(path)} ({SHANGHAITECH_EXPECTED})")
         if (path / "train_data").is_dir() and (path / "test_data").is_dir():
             self.train = _annotated_images(text, path / "train_data")
             self.val = _annotated_images(text, path / "test_data")
         else:
             pairs = _annotated_images(text, path)
-            in_val = [_hash_fraction(image.name) < VAL_FRACTION for image, _ in pairs]
+            in_val = [hash_fraction(image.name) < VAL_FRACTION for image, _ in pairs]
             self.train = [p for p, v in zip(pairs, in_val) if not v]
             self.val = [p for p, v in zip(pairs, in_val) if v]
             if not self.train or not self.val:
@@ -343,7 +343,7 @@ def _annotated_images(text: str, root: Path) -> list[tuple[Path, Path]]:
     images, truth = root / "images", root / "ground_truth"
     for folder in (images, truth):
         if not folder.is_dir():
-            raise ValueError(f"{text}: {folder} {_what_is(folder)} ({SHANGHAITECH_EXPECTED})")
+            raise ValueError(f"{text}: {folder} {what_is(folder)} ({SHANGHAITECH_EXPECTED})")
     files = sorted(f for f in images.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
     if not files:
         raise ValueError(f"{text}: no images in {images} ({SHANGHAITECH_EXPECTED})")

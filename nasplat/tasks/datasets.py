@@ -94,7 +94,7 @@ def _grid(n: int, side: int, pixel: float) -> tuple[torch.Tensor, torch.Tensor]:
     return x.expand(n, 1, side, side), y.expand(n, 1, side, side)
 
 
-class _Draw:
+class Draw:
     """Per-image random numbers, n x 1 x 1 x 1, from one generator (so a split is one seeded stream)."""
 
     def __init__(self, n: int, gen: torch.Generator):
@@ -107,7 +107,7 @@ class _Draw:
         return torch.rand(self.n, 3, 1, 1, generator=self.gen)
 
 
-def _background(draw: _Draw, side: int, strokes: int) -> torch.Tensor:
+def draw_background(draw: Draw, side: int, strokes: int) -> torch.Tensor:
     """A smooth colour field crossed by line segments of random colour, direction, length and width."""
     scale = side / 64
     coarse = torch.rand(draw.n, 3, 3, 3, generator=draw.gen)
@@ -123,7 +123,7 @@ def _background(draw: _Draw, side: int, strokes: int) -> torch.Tensor:
     return image
 
 
-def _object(labels: torch.Tensor, draw: _Draw, side: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _object(labels: torch.Tensor, draw: Draw, side: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The textured object on a square patch around it: (premultiplied colour, coverage, patch corner).
 
     Drawn at twice the resolution and box-filtered down, so its finest stripes are anti-aliased rather
@@ -167,8 +167,8 @@ def _object(labels: torch.Tensor, draw: _Draw, side: int) -> tuple[torch.Tensor,
 
 def _render(labels: torch.Tensor, spec: SyntheticSpec, gen: torch.Generator) -> torch.Tensor:
     """One uint8 image per label: background and clutter, the textured object, then pixel noise."""
-    draw, side = _Draw(len(labels), gen), spec.resolution
-    image = _background(draw, side, spec.clutter)
+    draw, side = Draw(len(labels), gen), spec.resolution
+    image = draw_background(draw, side, spec.clutter)
     colour, cover, corner = _object(labels, draw, side)
     patch = colour.shape[-1]
     for i, (left, top) in enumerate(corner.tolist()):
@@ -294,7 +294,7 @@ class FolderSource(Source):
         self.text = text
         self.resolution = resolution
         if not path.is_dir():
-            raise ValueError(f"{text}: {path} {_what_is(path)} ({FOLDER_EXPECTED})")
+            raise ValueError(f"{text}: {path} {what_is(path)} ({FOLDER_EXPECTED})")
         if (path / "train").is_dir() and (path / "val").is_dir():
             train = _class_files(text, path / "train")
             val = _class_files(text, path / "val")
@@ -309,7 +309,7 @@ class FolderSource(Source):
             tree = _class_files(text, path)
             self.classes = tuple(sorted(tree))
             pairs = [(f, self.classes.index(c)) for c, files in sorted(tree.items()) for f in files]
-            in_val = [_hash_fraction(f.relative_to(path).as_posix()) < VAL_FRACTION for f, _ in pairs]
+            in_val = [hash_fraction(f.relative_to(path).as_posix()) < VAL_FRACTION for f, _ in pairs]
             self.train = [p for p, v in zip(pairs, in_val) if not v]
             self.val = [p for p, v in zip(pairs, in_val) if v]
 
@@ -347,7 +347,7 @@ def open_source(data: str, *, resolution: int | None = None) -> Source:
     raise ValueError(f"unknown data source {data!r}; expected 'synthetic', 'cifar10:PATH' or 'folder:PATH'")
 
 
-def _what_is(path: Path) -> str:
+def what_is(path: Path) -> str:
     if not path.exists():
         return "does not exist"
     return "is a file, not a folder" if not path.is_dir() else "is a folder"
@@ -363,7 +363,7 @@ def _listing(path: Path, limit: int = 6) -> str:
 
 def _cifar_root(text: str, path: Path) -> Path:
     if not path.is_dir():
-        raise ValueError(f"{text}: {path} {_what_is(path)} ({CIFAR10_EXPECTED})")
+        raise ValueError(f"{text}: {path} {what_is(path)} ({CIFAR10_EXPECTED})")
     for root in (path, path / "cifar-10-batches-py"):
         if (root / "data_batch_1").is_file():
             if not (root / "test_batch").is_file():
@@ -393,7 +393,7 @@ def _class_files(text: str, root: Path) -> dict[str, list[Path]]:
     return tree
 
 
-def _hash_fraction(name: str) -> float:
+def hash_fraction(name: str) -> float:
     """A stable pseudo-random number in [0, 1) for a file name: the split survives added files."""
     return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) / 16**8
 
