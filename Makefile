@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# two workers (the CI machine's two cores; conftest.py gives each test process one torch thread), a test
+# file's tests on one worker (they share the runs they read)
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-all: install
 	$(PY) -m pytest -q -m ''

@@ -30,7 +30,7 @@ from nasplat import api
 from nasplat.arch import Arch
 from nasplat.cost import measure
 from nasplat.registry import SPACES
-from nasplat.run import RunDir, SearchConfig, read_journal
+from nasplat.run import SearchConfig, read_journal
 from nasplat.runner.components import build_task
 
 OUT = Path(__file__).resolve().parent / "out" / "oneshot"

@@ -29,7 +29,7 @@ from results import write_section
 from rich.console import Console
 
 from nasplat import api
-from nasplat.registry import SPACES, STRATEGIES, TASKS, register_space, register_task
+from nasplat.registry import SPACES, STRATEGIES, register_space, register_task
 from nasplat.run import RunDir, SearchConfig
 from nasplat.runner import ray_cluster
 from nasplat.runner.ray_searcher import StrategySearcher

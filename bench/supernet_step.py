@@ -143,7 +143,7 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
     lines += ["", "- " + verdict("the papers' design run side by side (reference-pc-darts)",
                                  step["reference-pc-darts"], peak["reference-pc-darts"]),
               "- " + verdict("the issue's fixed reference figures", *REFERENCE["pc-darts"]),
-              f"- The side-by-side reference itself: " + " and ".join(
+              "- The side-by-side reference itself: " + " and ".join(
                   f"{n.removeprefix('reference-')} {step[n] / REFERENCE[n.removeprefix('reference-')][0]:.2f}x the time "
                   f"and {peak[n] / REFERENCE[n.removeprefix('reference-')][1]:.2f}x the memory"
                   for n in ("reference-pc-darts", "reference-darts") if n in rows) + " of the fixed reference figures."]

@@ -11,8 +11,8 @@ from rich.console import Console
 
 from .constraints import FLAGS, METRICS, Constraint, format_metric
 from .cost import CostModel, measure
-from .registry import SPACES, STRATEGIES
-from .run import RunDir, SearchConfig, default_trials
+from .registry import STRATEGIES
+from .run import CONVERTED, RunDir, SearchConfig, default_trials
 from .runner.budget import check_budget
 from .runner.components import build_components, build_costs, build_task, check_options, create_space
 from .runner.local import SearchOutcome, run_search
@@ -84,14 +84,15 @@ def search(space: str, *, strategy: str = "bayesian", flops: str | float | None 
            space_options: dict[str, Any] | None = None, task_options: dict[str, Any] | None = None,
            runner: str = "local", workers: int | None = None, ray_address: str | None = None,
            scheduler: str | None = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
-           max_retries: int = 2, console: Console | None = None) -> SearchOutcome:
+           max_retries: int = 2, export: Sequence[str] = CONVERTED, console: Console | None = None) -> SearchOutcome:
     """Runs a search and returns its outcome; `nasplat search` with the same arguments does the same.
 
     `trials` defaults to 8, or, under a simulated `budget` ("12000s"), to as many as the budget allows.
     `latency` ("5ms") is measured as `latency_protocol` says (a nasplat.cost.latency.Protocol as a dict:
     device, runtime, batch, threads; CPU, torch, batch 1, one thread by default). `runner="ray"` runs
     `workers` trials at a time on Ray Tune (see nasplat.runner.ray), on a Ray instance started for the
-    search or on the cluster at `ray_address`."""
+    search or on the cluster at `ray_address`. `export` names best/'s conversions of the trained model
+    ("torchscript", "onnx"; none: arch.json and the weights only)."""
     constraints = [Constraint.parse(m, v) for m, v in (("macs", flops), ("params", params), ("latency", latency))
                    if v is not None]
     seconds = parse_time(budget, what="budget") if budget is not None else None
@@ -103,7 +104,8 @@ def search(space: str, *, strategy: str = "bayesian", flops: str | float | None 
                           task_options={**(task_options or {}), **({"data": data} if data else {})},
                           objectives=list(objectives), latency=latency_protocol, lut=str(lut) if lut else None,
                           runner=runner, workers=workers, ray_address=ray_address, scheduler=scheduler,
-                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_retries=max_retries)
+                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_retries=max_retries,
+                          export=list(export))
     return start(config, console=console)
 
 

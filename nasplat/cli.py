@@ -84,6 +84,12 @@ def decimal(minimum: float, *, above: bool) -> Callable[[str], float]:
 _RAY_FLAGS = ("workers", "ray_address", "scheduler", "cpus_per_trial", "gpus_per_trial", "max_retries")
 
 
+def _export_formats(text: str) -> list[str]:
+    """--export's comma-separated list; "none" is the empty one (SearchConfig checks the names)."""
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    return [] if names == ["none"] else names
+
+
 def option(text: str) -> tuple[str, object]:
     """KEY=VALUE, the value read as JSON where it is JSON (8, 0.5, true, [1, 2]) and as a string otherwise."""
     key, sep, value = text.partition("=")
@@ -146,7 +152,8 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
                         if args.timeout else None, budget=budget, seed=args.seed, out=args.out or "runs",
                         initial=initial, strategy_options=strategy_options, task_options=task_options,
                         space_options=args.space_option,
-                        objectives=objectives, latency=protocol or None, lut=args.lut, **_runner_options(args))
+                        objectives=objectives, latency=protocol or None, lut=args.lut, **_runner_options(args),
+                        **({"export": args.export} if args.export is not None else {}))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -293,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     for kind, example in (("space", "channels=16"), ("strategy", "order=2"), ("task", "limit_train=2000")):
         s.add_argument(f"--{kind}-option", type=option, action=_Options, default={}, metavar="KEY=VALUE",
                        help=f"an option of the {kind}, e.g. {example}; repeatable (`nasplat list` names them)")
+    s.add_argument("--export", type=_export_formats,
+                   help="what best/ converts its trained model to at the end, besides arch.json and the weights: "
+                        "torchscript,onnx (default), torchscript, onnx or none (`nasplat export` converts later)")
     s.add_argument("--dry-run", action="store_true", help="space size, cost range, time estimate; no training")
     s.add_argument("--runner", choices=["local", "ray"], help="local: trials one at a time in this process "
                                                               "(default); ray: in parallel on Ray Tune")

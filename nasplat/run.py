@@ -26,6 +26,7 @@ from .strategy import Result, Trial
 DEFAULT_TRIALS = 8  # trials of a search that names no number and no simulated budget
 RUNNERS = ("local", "ray")
 SCHEDULERS = (None, "asha")
+CONVERTED = ("torchscript", "onnx")  # what best/ converts the trained model to (export.FILES), by default both
 # the Ray runner's options and their defaults, which the local runner must be left with
 _RAY_DEFAULTS = {"workers": None, "ray_address": None, "scheduler": None, "cpus_per_trial": 1.0,
                  "gpus_per_trial": 0.0, "max_retries": 2}
@@ -73,6 +74,7 @@ class SearchConfig:
     cpus_per_trial: float = 1.0  # ray: CPUs reserved per trial (and torch threads in it)
     gpus_per_trial: float = 0.0  # ray: GPUs reserved per trial
     max_retries: int = 2  # ray: a trial whose worker died is run again up to this many times
+    export: list[str] = field(default_factory=lambda: list(CONVERTED))  # best/'s conversions, made at the end
 
     def __post_init__(self) -> None:
         from .cost.latency import Protocol
@@ -88,6 +90,11 @@ class SearchConfig:
         if self.lut is not None and self.latency is None:
             raise ValueError("--lut predicts latency: give a --latency limit or --objective accuracy,latency too")
         self._check_runner()
+        self.export = list(self.export)
+        unknown = sorted(set(self.export) - set(CONVERTED))
+        if unknown:
+            raise ValueError(f"--export {','.join(unknown)}: best/ always holds arch.json and the weights; choose "
+                             f"its conversions among {', '.join(CONVERTED)}, or none")
 
     def _check_runner(self) -> None:
         if self.runner not in RUNNERS:

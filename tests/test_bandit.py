@@ -26,7 +26,6 @@ from nasplat.strategies.bandit import check_supernet
 from nasplat.strategies.reduction import PathModel
 
 CLI = [sys.executable, "-m", "nasplat.cli"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny supernet runs fastest on one thread (and shares the cores)
 TASK = {"limit_train": 64, "limit_val": 32, "batch_size": 16}
 # full precision: the strategies do not depend on binarization, and exporting binarized ops (test_oneshot.py
 # checks it) takes twice as long
@@ -226,7 +225,9 @@ def _events(run_path: Path, kind: str) -> list[dict]:
 
 
 def _cli_args(strategy: str, out: Path, options: dict | None = None) -> list[str]:
-    args = ["search", "binary-cells", "--strategy", strategy, "--epochs", "1", "--out", str(out), "--flops", "100M"]
+    # --export none: test_oneshot.py checks the conversions; these runs keep arch.json and the weights
+    args = ["search", "binary-cells", "--strategy", strategy, "--epochs", "1", "--out", str(out), "--flops", "100M",
+            "--export", "none"]
     for flag, values in (("--space-option", SPACE[strategy]), ("--task-option", TASK),
                          ("--strategy-option", {**OPTIONS[strategy], **(options or {})})):
         for key, value in values.items():
@@ -235,13 +236,8 @@ def _cli_args(strategy: str, out: Path, options: dict | None = None) -> list[str
 
 
 def _cli(argv: list[str]) -> int:
-    """`nasplat ARGV` in this process (no interpreter to start), on one thread like the subprocesses."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return main(argv)
-    finally:
-        torch.set_num_threads(threads)
+    """`nasplat ARGV` in this process: no interpreter to start."""
+    return main(argv)
 
 
 _CLEAN: dict[str, Path] = {}
@@ -266,6 +262,7 @@ def _assert_searched(run_path: Path, *, warmup: int, sampled: int) -> None:
     derived = _events(run_path, "derived")
     assert len(derived) == 1 and _events(run_path, "result")[0]["status"] == "ok"
     assert read_bundle(run_path / "best")["arch"] == derived[0]["arch"]
+    assert sorted(os.listdir(run_path / "best")) == ["arch.json", "weights.safetensors"]  # --export none
     assert (run_path / "report" / "reduction.png").stat().st_size > 10_000
 
 
@@ -288,7 +285,7 @@ def test_kill_9_mid_search_resumes_to_the_same_journal_and_genotype(tmp_path, tm
     """Killed after its first checkpoint (bnas: the warm-up's), resumed: the journal and the genotype are those
     of an unbroken run with the same seed."""
     proc = subprocess.Popen([*CLI, *_cli_args(strategy, tmp_path)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=ENV)
+                            stderr=subprocess.DEVNULL)
     deadline, run_path = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
         runs = list(tmp_path.iterdir())

@@ -24,6 +24,7 @@ def run_cli(argv):
     (["search", "toy", "--flops", "10"], ["below the smallest toy architecture", "give at least"]),
     (["search", "toy", "--data", "cifar10:/nonexistent"], ["toy task", "unknown data"]),
     (["search", "toy", "--trials", "0"], ["--trials", "at least 1"]),
+    (["search", "toy", "--export", "onnx,tflite"], ["--export tflite", "torchscript, onnx, or none"]),
     (["search", "--resume", "/nonexistent/run"], ["no such folder"]),
     (["search", "--config", "/nonexistent.json"], ["no such file"]),
 ])

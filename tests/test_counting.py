@@ -20,15 +20,6 @@ from nasplat.tasks.crowd_data import (CrowdSpec, adaptive_sigmas, density_map, g
 from nasplat.tasks.spp_loss import SPPLoss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> None:
-    """One thread: these tests render crowds and train, and share the machine with other work."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_counter() -> nn.Module:
     """A two-layer density regressor at output stride 2."""
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),

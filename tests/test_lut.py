@@ -14,14 +14,6 @@ from nasplat.registry import SPACES
 FAST = Protocol(warmup=1, rounds=2, seconds=0.005, gap=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def space():
     return SPACES.create("tinynet")

@@ -115,7 +115,7 @@ def test_a_tight_budget_is_met_by_the_derived_genotype(tmp_path):
 def test_kill_9_mid_search_resumes_to_the_same_genotype(tmp_path, tmp_path_factory, strategy):
     """Killed after its first checkpoint, resumed: the journal and the genotype are those of an unbroken run
     with the same seed (which also shows that a seed fixes the search)."""
-    proc = subprocess.Popen([*CLI, *_cli_args(strategy, tmp_path)], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*CLI, *_cli_args(strategy, tmp_path), "--export", "none"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     run_path = None

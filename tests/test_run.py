@@ -36,6 +36,12 @@ def test_search_writes_run_directory(tmp_path):
     assert events[0] == "start" and events[-1] == "end" and events.count("epoch") == 4 * 2
 
 
+def test_export_names_the_conversions_best_holds(tmp_path):
+    run = api.search("toy", strategy="random", trials=2, out=tmp_path, export=["torchscript"]).run
+    assert sorted(os.listdir(run.best)) == ["arch.json", "model.pt", "weights.safetensors"]
+    assert run.config().export == ["torchscript"]  # a resumed or rerun search keeps it
+
+
 def test_config_reruns_the_same_search(tmp_path):
     first = api.search("toy", strategy="random", trials=3, out=tmp_path / "a", seed=7).run
     second = api.start(first.config().__class__.from_dict({**first.config().to_dict(), "out": str(tmp_path / "b")}))

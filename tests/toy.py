@@ -11,7 +11,7 @@ import time
 import torch
 from torch import nn
 
-from nasplat.registry import SPACES, TASKS, register_space, register_task
+from nasplat.registry import SPACES, register_space, register_task
 from nasplat.space import Choice, FloatRange, SearchSpace, Target
 from nasplat.tasks.base import Task
 

@@ -150,14 +150,15 @@ def export_best(run: RunDir, comp: Components, trial: Trial, result: Result, mod
 
 
 def finish_best(run: RunDir, *, console: Console) -> None:
-    """Completes best/ with the verified TorchScript and ONNX exports of its trained model (a bundle without
-    weights, from a tabular search, has no model to convert)."""
+    """Completes best/ with the verified conversions of its trained model that the run's --export names
+    (TorchScript and ONNX by default; a bundle without weights, from a tabular search, has no model to convert)."""
     from ..export import export_run, read_bundle
 
-    if not (run.best / "arch.json").exists() or not read_bundle(run.best)["files"]:
+    formats = run.config().export
+    if not formats or not (run.best / "arch.json").exists() or not read_bundle(run.best)["files"]:
         return
     try:
-        export_run(run.best, out=run.best)
+        export_run(run.best, out=run.best, formats=("json", "weights", *formats))
     except Exception as exc:
         _export_failed(run, console, exc)
 
