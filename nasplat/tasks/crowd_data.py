@@ -9,9 +9,11 @@ pixels only on `load()`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from scipy.io import loadmat
 from scipy.io.matlab import MatReadError
 from scipy.spatial import cKDTree
 
-from .datasets import IMAGE_SUFFIXES, VAL_FRACTION, Draw, draw_background, hash_fraction, what_is
+from .datasets import IMAGE_SUFFIXES, VAL_FRACTION, Draw, cached_tensors, draw_background, hash_fraction, what_is
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ def resize_density(density: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
 # The generated default: crowds of person-like figures under perspective
 # ---------------------------------------------------------------------------------------------------------
 
+GENERATOR_VERSION = 1  # bump with any change to the drawing or density code: it keys the disk cache
 HEAD_NEAR = (0.045, 0.065)  # head radius at the bottom edge, as a fraction of the side (per image)
 FAR_RATIO = (0.25, 0.6)  # head radius at the top edge over that at the bottom: the perspective's strength
 BODY = (1.25, 2.0, 2.7)  # body ellipse's half-width, half-height and drop below the head, in head radii
@@ -118,6 +121,12 @@ class CrowdSpec:
     max_count: int = 60  # heads per image, log-uniform in 1..max_count: sparse and packed scenes alike
     clusters: int = 3  # at most this many groups per image hold most of its heads
     noise: float = 0.03  # std of the per-pixel Gaussian noise, on the 0..1 scale
+
+    def key(self) -> str:
+        """Hash of the parameters and the drawing code's version: it keys the disk cache."""
+        described = {**asdict(self), "generator": GENERATOR_VERSION, "beta": BETA, "neighbours": NEIGHBOURS,
+                     "lone_sigma": LONE_SIGMA}
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -229,11 +238,15 @@ _GENERATED: dict[CrowdSpec, CrowdData] = {}
 
 
 def generate(spec: CrowdSpec = CrowdSpec()) -> CrowdData:
-    """The generated set for `spec`, rendered once per process (seconds: small enough not to cache on disk)."""
+    """The generated set for `spec`: from memory, else from ~/.cache/nasplat, else rendered (about 8 s, which
+    every search process and retraining would pay again)."""
     if spec not in _GENERATED:
-        train_x, train_d = _split(spec.train_size, spec, stream=0)
-        val_x, val_d = _split(spec.val_size, spec, stream=1)
-        _GENERATED[spec] = CrowdData(train_x, train_d, val_x, val_d)
+        def render() -> dict[str, torch.Tensor]:
+            train_x, train_d = _split(spec.train_size, spec, stream=0)
+            val_x, val_d = _split(spec.val_size, spec, stream=1)
+            return {"train_x": train_x, "train_density": train_d, "val_x": val_x, "val_density": val_d}
+
+        _GENERATED[spec] = CrowdData(**cached_tensors(f"crowds-{spec.key()}", render))
     return _GENERATED[spec]
 
 

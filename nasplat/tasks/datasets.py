@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -196,23 +197,29 @@ _GENERATED: dict[SyntheticSpec, ImageData] = {}
 
 def generate(spec: SyntheticSpec = SyntheticSpec(), *, disk_cache: bool = True) -> ImageData:
     """The generated set for `spec`: from memory, else from ~/.cache/nasplat, else rendered (seconds)."""
-    if spec in _GENERATED:
-        return _GENERATED[spec]
-    path = _cache_dir() / f"synthetic-{spec.key()}.pt"
-    data = None
-    if disk_cache and path.exists():
+    if spec not in _GENERATED:
+        def render() -> dict[str, torch.Tensor]:
+            train_x, train_y = _generate_split(spec.train_size, spec, stream=0)
+            val_x, val_y = _generate_split(spec.val_size, spec, stream=1)
+            return {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y}
+
+        tensors = cached_tensors(f"synthetic-{spec.key()}", render) if disk_cache else render()
+        _GENERATED[spec] = ImageData(**tensors, classes=tuple(TEXTURES))
+    return _GENERATED[spec]
+
+
+def cached_tensors(name: str, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The tensors saved as ~/.cache/nasplat/NAME.pt, else `build()`'s, saved there for the next process. NAME
+    must change with anything that changes what `build` makes (a generated set's parameters and code)."""
+    path = _cache_dir() / f"{name}.pt"
+    if path.exists():
         try:
-            data = ImageData(**torch.load(path, weights_only=True), classes=tuple(TEXTURES))
+            return torch.load(path, weights_only=True)
         except (OSError, RuntimeError, TypeError, pickle.UnpicklingError):
-            data = None  # a torn or stale cache file is simply regenerated
-    if data is None:
-        train_x, train_y = _generate_split(spec.train_size, spec, stream=0)
-        val_x, val_y = _generate_split(spec.val_size, spec, stream=1)
-        data = ImageData(train_x, train_y, val_x, val_y, tuple(TEXTURES))
-        if disk_cache:
-            _save_atomically(path, {k: getattr(data, k) for k in ("train_x", "train_y", "val_x", "val_y")})
-    _GENERATED[spec] = data
-    return data
+            pass  # a torn or stale cache file is simply rebuilt
+    tensors = build()
+    _save_atomically(path, tensors)
+    return tensors
 
 
 def _save_atomically(path: Path, tensors: dict[str, torch.Tensor]) -> None:
