@@ -16,6 +16,7 @@ from nasplat.arch import Arch
 from nasplat.cost import measure
 from nasplat.export import export_bundle
 from nasplat.registry import SPACES
+from nasplat.retrain import retrain
 from nasplat.search_spaces.crowd import CELL_TYPES, OPS, PRIOR_DENSITY, Link, SuperCell
 from nasplat.strategies.bandit import check_supernet
 from nasplat.tasks.image_task import reinitialise
@@ -213,3 +214,5 @@ def test_search_derives_an_architecture_from_the_cli(tmp_path, strategy, options
         assert {h["group"] for h in abandoned} == {"encoder", "decoder", "link1"}
     else:
         assert sorted(p.name for p in (run / "report" / "cells").iterdir()) == ["decoder.png", "encoder.png"]
+        result = retrain(run, epochs=1)  # the derived network trains from scratch on the counting task
+        assert {"mae", "mse"} <= set(result) and (run / "retrained" / "arch.json").exists()
