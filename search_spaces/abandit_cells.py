@@ -37,7 +37,7 @@ from nasplat.cost import count_costs
 from nasplat.oneshot import cells
 from nasplat.oneshot.cells import CellLayout, CellParam, CellSupernet, Genotype, OpCosts
 from nasplat.registry import register_space
-from nasplat.search_spaces.binary_cells import MixedEdge, Prep, SourceState, channel_shuffle, conv_bn, full_precision
+from nasplat.search_spaces.binary_cells import MixedEdge, Prep, conv_bn, full_precision, node_states
 from nasplat.space import SearchSpace, Target
 
 OPS = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "conv_3x3", "conv_5x5", "sep_conv_3x3", "sep_conv_5x5",
@@ -248,34 +248,15 @@ class SuperCell(nn.Module):
     def __init__(self, c_prev: int, c: int, *, layout: CellLayout, group: str, reduction: bool, partial: int):
         super().__init__()
         self.layout, self.group, self.reduction = layout, group, reduction
-        self.partial, self.part = partial, c // partial
+        self.partial = partial
         self.pre = _preprocess(c_prev, c, False)
         self.edges = nn.ModuleList(_edge(c, 2 if layout.strided(e, reduction=reduction) else 1, partial)
                                    for e in range(layout.edges))
 
     def forward(self, s: torch.Tensor, weights: torch.Tensor | None, edge_weights: torch.Tensor | None,
                 ops: Sequence[Sequence[int]]) -> torch.Tensor:
-        if weights is not None and edge_weights is not None:
-            weights = weights * edge_weights[:, None]
-        states = [self.pre(s)]
-        sources: list[SourceState] = []
-        for node in range(NODES):
-            head: torch.Tensor | None = None
-            tail: torch.Tensor | None = None
-            for source in range(node + 1):
-                if source == len(sources):
-                    stride = 2 if self.reduction and source == 0 else 1
-                    sources.append(SourceState(states[source], part=self.part, stride=stride, mode="none"))
-                e = self.layout.edge_of(node, source)
-                y = self.edges[e](sources[source], weights[e] if weights is not None else None, ops[e])
-                head = y if head is None else head + y
-                if self.partial > 1:
-                    t = sources[source].tail()
-                    t = t if edge_weights is None else t * edge_weights[e]
-                    tail = t if tail is None else tail + t
-            assert head is not None
-            states.append(head if tail is None else channel_shuffle(torch.cat([head, tail], dim=1), self.partial))
-        return torch.cat(states[1:], dim=1)
+        return torch.cat(node_states(self.layout, [self.pre(s)], self.edges, weights, edge_weights, ops,
+                                     reduction=self.reduction, partial=self.partial, mode="none"), dim=1)
 
 
 class Supernet(CellSupernet, _Macro):

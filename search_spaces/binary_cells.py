@@ -360,11 +360,43 @@ class MixedEdge(nn.Module):
         return out
 
 
+def node_states(layout: cells.CellLayout, inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge],
+                weights: torch.Tensor | None, edge_weights: torch.Tensor | None, ops: Sequence[Sequence[int]], *,
+                reduction: bool, partial: int, mode: str) -> list[torch.Tensor]:
+    """The node states of a supernet cell of any layout, from its (preprocessed) input states: every node sums
+    its incoming mixed edges, each weighted by its edge weight (beta) when given; the channels that bypass the
+    ops are summed per node and shuffled back in (PC-DARTS). A node whose edges all run "none" is zeros."""
+    if weights is not None and edge_weights is not None:
+        weights = weights * edge_weights[:, None]
+    states, sources = list(inputs), []
+    part = inputs[0].shape[1] // partial
+    for node in range(layout.nodes):
+        head: torch.Tensor | None = None
+        tail: torch.Tensor | None = None
+        for source in range(layout.inputs + node):
+            if source == len(sources):
+                stride = 2 if reduction and source < layout.inputs else 1
+                sources.append(SourceState(states[source], part=part, stride=stride, mode=mode))
+            e = layout.edge_of(node, source)
+            y = edges[e](sources[source], weights[e] if weights is not None else None, ops[e])
+            if y is not None:
+                head = y if head is None else head + y
+            if partial > 1:
+                t = sources[source].tail()
+                t = t if edge_weights is None else t * edge_weights[e]
+                tail = t if tail is None else tail + t
+        if head is None:
+            x, stride = sources[0].head, 2 if reduction else 1
+            head = x.new_zeros(x.shape[0], part, -(-x.shape[2] // stride), -(-x.shape[3] // stride))
+        states.append(head if tail is None else channel_shuffle(torch.cat([head, tail], dim=1), partial))
+    return states[layout.inputs:]
+
+
 class SuperCell(nn.Module):
     def __init__(self, c_pp: int, c_p: int, c: int, *, reduction: bool, reduction_prev: bool, mode: str,
                  partial: int):
         super().__init__()
-        self.reduction, self.mode, self.partial, self.part = reduction, mode, partial, c // partial
+        self.reduction, self.mode, self.partial = reduction, mode, partial
         self.pre0 = FactorizedReduce(c_pp, c, mode, False, relu=True) if reduction_prev else \
             _preprocess(c_pp, c, mode, False)
         self.pre1 = _preprocess(c_p, c, mode, False)
@@ -375,31 +407,9 @@ class SuperCell(nn.Module):
                 edge_weights: torch.Tensor | None, ops: Sequence[Sequence[int]]) -> torch.Tensor:
         """Node j = sum over its edges e of beta_e * shuffle(cat(sum_k w_ek op_k(head), tail)), computed as
         shuffle(cat(sum_e sum_k beta_e w_ek op_k(head), sum_e beta_e tail)): one concatenation per node."""
-        if weights is not None and edge_weights is not None:
-            weights = weights * edge_weights[:, None]
-        states = [self.pre0(s0), self.pre1(s1)]
-        sources: list[SourceState] = []
-        for node in range(NODES):
-            head: torch.Tensor | None = None
-            tail: torch.Tensor | None = None
-            for source in range(node + 2):
-                if source == len(sources):
-                    stride = 2 if self.reduction and source < 2 else 1
-                    sources.append(SourceState(states[source], part=self.part, stride=stride, mode=self.mode))
-                e = edge_of(node, source)
-                y = self.edges[e](sources[source], weights[e] if weights is not None else None, ops[e])
-                if y is not None:
-                    head = y if head is None else head + y
-                if self.partial > 1:
-                    t = sources[source].tail()
-                    t = t if edge_weights is None else t * edge_weights[e]
-                    tail = t if tail is None else tail + t
-            if head is None:  # every op "none"
-                x = sources[0].head
-                stride = 2 if self.reduction else 1
-                head = x.new_zeros(x.shape[0], self.part, x.shape[2] // stride, x.shape[3] // stride)
-            states.append(head if tail is None else channel_shuffle(torch.cat([head, tail], dim=1), self.partial))
-        return torch.cat(states[2:], dim=1)
+        states = node_states(LAYOUT, [self.pre0(s0), self.pre1(s1)], self.edges, weights, edge_weights, ops,
+                             reduction=self.reduction, partial=self.partial, mode=self.mode)
+        return torch.cat(states, dim=1)
 
 
 class Supernet(CellSupernet, _Macro):

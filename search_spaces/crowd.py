@@ -45,8 +45,7 @@ from nasplat.cost import count_costs
 from nasplat.oneshot import cells
 from nasplat.oneshot.cells import CellLayout, CellParam, CellSupernet, Genotype, OpCosts
 from nasplat.registry import register_space
-from nasplat.search_spaces.binary_cells import (FactorizedReduce, MixedEdge, Prep, SourceState, channel_shuffle,
-                                                conv_bn, full_precision)
+from nasplat.search_spaces.binary_cells import FactorizedReduce, MixedEdge, Prep, conv_bn, full_precision, node_states
 from nasplat.space import SearchSpace, Target
 
 OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "conv_3x3", "conv_5x5",
@@ -288,36 +287,14 @@ class SuperCell(nn.Module):
 
     def __init__(self, layout: CellLayout, c: int, *, reduction: bool, partial: int):
         super().__init__()
-        self.layout, self.reduction, self.partial, self.part = layout, reduction, partial, c // partial
+        self.layout, self.reduction, self.partial = layout, reduction, partial
         self.edges = nn.ModuleList(_edge(c, 2 if layout.strided(e, reduction=reduction) else 1, partial)
                                    for e in range(layout.edges))
 
     def forward(self, inputs: Sequence[torch.Tensor], weights: torch.Tensor | None,
                 edge_weights: torch.Tensor | None, ops: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-        lay = self.layout
-        if weights is not None and edge_weights is not None:
-            weights = weights * edge_weights[:, None]
-        states, sources = list(inputs), []
-        for node in range(lay.nodes):
-            head: torch.Tensor | None = None
-            tail: torch.Tensor | None = None
-            for source in range(lay.inputs + node):
-                if source == len(sources):
-                    stride = 2 if self.reduction and source < lay.inputs else 1
-                    sources.append(SourceState(states[source], part=self.part, stride=stride, mode="none"))
-                e = lay.edge_of(node, source)
-                y = self.edges[e](sources[source], weights[e] if weights is not None else None, ops[e])
-                if y is not None:
-                    head = y if head is None else head + y
-                if self.partial > 1:
-                    t = sources[source].tail()
-                    t = t if edge_weights is None else t * edge_weights[e]
-                    tail = t if tail is None else tail + t
-            if head is None:  # a path of "none" on every edge into the node
-                x, stride = sources[0].head, 2 if self.reduction else 1
-                head = x.new_zeros(x.shape[0], self.part, -(-x.shape[2] // stride), -(-x.shape[3] // stride))
-            states.append(head if tail is None else channel_shuffle(torch.cat([head, tail], dim=1), self.partial))
-        return states[lay.inputs:]
+        return node_states(self.layout, inputs, self.edges, weights, edge_weights, ops, reduction=self.reduction,
+                           partial=self.partial, mode="none")
 
 
 class SuperLink(nn.Module):

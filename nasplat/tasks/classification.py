@@ -104,7 +104,7 @@ class ClassificationTask(ImageTask):
         """The batch a training step of `adversarial` uses: `x` (from `batches` at `input_size`) attacked by
         FGSM or PGD in the model's current mode, normalised like `x`; `x` itself when adversarial is none. For
         one-shot strategies that train adversarially with their own loop."""
-        return self._attack(model, x, y, *self._stats(self._at_size(input_size)[0]))
+        return self._attack(model, x, y, *self._stats(input_size))
 
     def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor,
                 std: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ class ImageTask(Task):
         self.limit_val = limit_val
         self.device = train_device(device)
         self.threads = threads
-        self._resized: OrderedDict[int, Splits] = OrderedDict()
+        self._resized: OrderedDict[int, tuple[Splits, tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
 
     # -- what a subclass says -----------------------------------------------------------------------------------
 
@@ -62,17 +62,24 @@ class ImageTask(Task):
 
     def _at_size(self, size: int) -> Splits:
         """The splits with the images (and targets) resized to `size`, computed once per size."""
+        return self._sized(size)[0]
+
+    def _stats(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training images' channel mean and std at `size`, on the device: what `_prepare` normalises by."""
+        return self._sized(size)[1]
+
+    def _sized(self, size: int) -> tuple[Splits, tuple[torch.Tensor, torch.Tensor]]:
+        """Both of the above, computed once per size (one-shot strategies ask for them at every sampled path)."""
         if size not in self._resized:
             train_x, train_t, val_x, val_t = self.splits()
-            self._resized[size] = (resize_images(train_x, size), self.targets_at(train_t, size),
-                                   resize_images(val_x, size), self.targets_at(val_t, size))
+            resized = (resize_images(train_x, size), self.targets_at(train_t, size),
+                       resize_images(val_x, size), self.targets_at(val_t, size))
+            mean, std = (t.to(self.device) for t in channel_stats(resized[0]))
+            self._resized[size] = (resized, (mean, std))
             while len(self._resized) > RESIZED_KEPT:
                 self._resized.popitem(last=False)
         self._resized.move_to_end(size)
         return self._resized[size]
-
-    def _stats(self, train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(t.to(self.device) for t in channel_stats(train_x))  # type: ignore[return-value]
 
     def _prepare(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
@@ -105,7 +112,7 @@ class ImageTask(Task):
     def _train_eval(self, model: nn.Module, input_size: int, epochs: int, seed: int,
                     on_epoch: EpochCallback | None) -> dict[str, float]:
         train_x, train_t, val_x, val_t = self._at_size(input_size)
-        mean, std = self._stats(train_x)
+        mean, std = self._stats(input_size)
         gen = torch.Generator().manual_seed(seed)
         model = model.to(self.device, memory_format=torch.channels_last)  # 2-5x faster convs on CPU
         steps_per_epoch = math.ceil(len(train_x) / self.batch_size)
@@ -155,7 +162,7 @@ class ImageTask(Task):
     def batches(self, part: str, *, input_size: int, batch_size: int,
                 seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         train_x, train_t, val_x, val_t = self._at_size(input_size)
-        mean, std = self._stats(train_x)
+        mean, std = self._stats(input_size)
         half = len(train_x) // 2
         images, targets = {"train": (train_x, train_t), "weights": (train_x[:half], train_t[:half]),
                            "architecture": (train_x[half:], train_t[half:]), "val": (val_x, val_t)}[part]
@@ -165,8 +172,8 @@ class ImageTask(Task):
             yield self._prepare(images[idx], mean, std), targets[idx].to(self.device)
 
     def evaluate(self, model: nn.Module, *, input_size: int, limit: int | None = None) -> dict[str, float]:
-        train_x, _, val_x, val_t = self._at_size(input_size)
-        mean, std = self._stats(train_x)
+        _, _, val_x, val_t = self._at_size(input_size)
+        mean, std = self._stats(input_size)
         was_training = model.training
         try:
             return self._evaluate(model, val_x[:limit], val_t[:limit], mean, std)
