@@ -34,16 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bandit_search import search_seconds
 from oneshot_search import _mean_sd
 from results import write_section
+from searches import derived_events, search_seconds
 
-from nasplat import api
 from nasplat.arch import Arch
 from nasplat.constraints import Constraint
 from nasplat.cost import measure
 from nasplat.registry import SPACES
-from nasplat.run import SearchConfig, read_journal
+from nasplat.run import SearchConfig
 from nasplat.runner.components import build_task
 
 OUT = Path(__file__).resolve().parent / "out" / "abandit-robust"
@@ -66,14 +65,10 @@ def search(strategy: str, *, space: dict, task: dict, options: dict, limit: floa
     under `out` is resumed, or started, as needed (abandit's folder names its FGSM eps, which steers it)."""
     name = strategy if strategy != "abandit" else f"{strategy}-eps{task['adv_eps'] * 255:g}"
     folder = out / (name if limit is None else f"{name}-macs{limit:.0f}")
-    runs = sorted(folder.glob("*")) if folder.exists() else []
-    if not runs:
-        api.start(SearchConfig(space="abandit-cells", strategy=strategy, trials=1, epochs=1, seed=0, out=str(folder),
-                               constraints=[Constraint("macs", limit)] if limit is not None else [],
-                               space_options=space, task_options=task, strategy_options=options))
-    elif not any(e["event"] == "derived" for e in read_journal(runs[-1] / "journal.jsonl")):
-        api.resume(runs[-1])
-    events = read_journal(sorted(folder.glob("*"))[-1] / "journal.jsonl")
+    events = derived_events(SearchConfig(
+        space="abandit-cells", strategy=strategy, trials=1, epochs=1, seed=0, out=str(folder),
+        constraints=[Constraint("macs", limit)] if limit is not None else [], space_options=space, task_options=task,
+        strategy_options=options))
     return Arch.from_dict(next(e for e in events if e["event"] == "derived")["arch"]), search_seconds(events)
 
 

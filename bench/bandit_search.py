@@ -23,15 +23,14 @@ import os
 import statistics
 from pathlib import Path
 from typing import Any
-
 import torch
 from oneshot_search import SPACE, STRATEGY_OPTIONS, TASK, _mean_sd, retrained
 from results import write_section
+from searches import derived_events, search_seconds
 
-from nasplat import api
 from nasplat.arch import Arch
 from nasplat.registry import SPACES
-from nasplat.run import SearchConfig, read_journal
+from nasplat.run import SearchConfig
 from nasplat.runner.components import build_task
 
 OUT = Path(__file__).resolve().parent / "out" / "bandit"
@@ -46,29 +45,10 @@ SMOKE_OPTIONS = {"pc-darts": {"search_epochs": 1, "batch_size": 16, "eval_limit"
 
 def search(strategy: str, *, space: dict, task: dict, options: dict, out: Path) -> tuple[Arch, float]:
     """The derived genotype and the search's wall seconds; the run in `out` is resumed, or started, as needed."""
-    runs = sorted(out.glob("*")) if out.exists() else []
-    if not runs:
-        api.start(SearchConfig(space="binary-cells", strategy=strategy, trials=1, epochs=1, seed=0, out=str(out),
-                               space_options=space, task_options=task, strategy_options=options))
-    elif not any(e["event"] == "derived" for e in read_journal(runs[-1] / "journal.jsonl")):
-        api.resume(runs[-1])
-    events = read_journal(sorted(out.glob("*"))[-1] / "journal.jsonl")
+    events = derived_events(SearchConfig(space="binary-cells", strategy=strategy, trials=1, epochs=1, seed=0,
+                                         out=str(out), space_options=space, task_options=task,
+                                         strategy_options=options))
     return Arch.from_dict(next(e for e in events if e["event"] == "derived")["arch"]), search_seconds(events)
-
-
-def search_seconds(events: list[dict[str, Any]]) -> float:
-    """Wall time from each session's start to its last event, until the derived genotype (a killed session's
-    time after its last checkpoint is lost, and redone by the next)."""
-    total, start, last = 0.0, None, None
-    for event in events:
-        if event["event"] == "start":
-            if start is not None:
-                total += last - start
-            start = event["time"]
-        last = event["time"]
-        if event["event"] == "derived":
-            break
-    return total + (last - start if start is not None else 0.0)
 
 
 def main() -> None:
