@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula bench-nb201 bench-ray bench-oneshot bench-bandit clean
+.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula bench-nb201 bench-ray bench-oneshot bench-bandit bench-crowd bench-hitdet clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -50,6 +50,12 @@ bench-oneshot: install
 bench-bandit: install
 	$(PY) bench/bandit_search.py
 	$(PY) bench/abandit_robust.py
+
+bench-crowd: install
+	$(PY) bench/crowd_counting.py
+
+bench-hitdet: install
+	$(PY) bench/hitdet_search.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

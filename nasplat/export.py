@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,11 +72,13 @@ def export_bundle(model: nn.Module | None, arch: Arch, space: SearchSpace, *, ou
         with quiet_torch():
             if "weights" in temps:
                 _write_weights(model, arch, temps["weights"])
+            deployable = getattr(space, "deployable", None)  # post-processing the TorchScript file includes
+            wrap = (lambda network: deployable(network, classes=num_classes)) if deployable is not None else None
             if "torchscript" in temps:
-                _write_torchscript(model, temps["torchscript"], shape)
+                _write_torchscript(model, temps["torchscript"], shape, wrap=wrap)
             how = write_onnx(model, temps["onnx"], shape) if "onnx" in temps else {}
-            verified = {**_verify(model, temps, shape, final={f: out / FILES[f] for f in wanted}), **how} \
-                if model is not None else {}
+            verified = {**_verify(model, temps, shape, final={f: out / FILES[f] for f in wanted}, wrap=wrap),
+                        **how} if model is not None else {}
         from . import __version__
 
         manifest = {
@@ -254,10 +256,14 @@ def _write_weights(model: nn.Module, arch: Arch, path: Path) -> None:
     save_file(tensors, path, metadata={"arch": arch.to_json()})
 
 
-def _write_torchscript(model: nn.Module, path: Path, shape: tuple[int, ...]) -> None:
+def _write_torchscript(model: nn.Module, path: Path, shape: tuple[int, ...], *,
+                       wrap: Callable[[nn.Module], nn.Module] | None = None) -> None:
+    """The traced network, or with `wrap` (a space's `deployable`: post-processing such as a detector's NMS,
+    whose loops tracing would freeze) the scripted wrapper around the traced network."""
     with torch.no_grad():
         traced = torch.jit.trace(model, torch.zeros(shape), check_trace=False)  # _verify checks it
-    torch.jit.save(traced, str(path))
+        module = torch.jit.script(wrap(traced)) if wrap is not None else traced
+    torch.jit.save(module, str(path))
 
 
 def write_onnx(model: nn.Module, path: Path, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -286,17 +292,20 @@ def write_onnx(model: nn.Module, path: Path, shape: tuple[int, ...]) -> dict[str
         return {"onnx_exporter": "torchscript", "onnx_opset": ONNX_OPSET, "onnx_dynamo_error": first_line[:300]}
 
 
-def _verify(model: nn.Module, temps: Mapping[str, Path], shape: tuple[int, ...], *,
-            final: Mapping[str, Path]) -> dict[str, Any]:
+def _verify(model: nn.Module, temps: Mapping[str, Path], shape: tuple[int, ...], *, final: Mapping[str, Path],
+            wrap: Callable[[nn.Module], nn.Module] | None = None) -> dict[str, Any]:
     """Max abs differences between each export's outputs and PyTorch's on one random batch of two
-    (two, so that the ONNX dynamic batch axis is exercised too). Raises BundleError above TOLERANCE."""
+    (two, so that the ONNX dynamic batch axis is exercised too); the TorchScript file against `wrap(model)`
+    when the space post-processes. Raises BundleError above TOLERANCE."""
     x = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        reference = _leaves(model(x))
     verified: dict[str, Any] = {"input_shape": list(x.shape), "tolerance": TOLERANCE}
+    if wrap is not None and "torchscript" in temps:
+        verified["torchscript_postprocessed"] = True
     for fmt in ("torchscript", "onnx"):
         if fmt not in temps:
             continue
+        with torch.no_grad():
+            reference = _leaves((wrap(model) if wrap is not None and fmt == "torchscript" else model)(x))
         try:
             output = _run_export(fmt, temps[fmt], x)
         except Exception as e:  # whatever the runtime raises, the file is unusable

@@ -9,6 +9,7 @@ op by op, least-weight first, if it is over). Needs a space with a supernet (bin
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -56,20 +57,34 @@ class DARTS(OneShotStrategy):
         self.eval_limit = eval_limit
 
     def search(self, session: Any) -> Arch:
-        task = session.task
         torch.manual_seed(self.seed)
         supernet = self.space.supernet(partial_channels=self.partial_channels,
-                               edge_normalization=self.edge_normalization).to(getattr(task, "device", "cpu"))
-        weights = supernet.weight_parameters()
-        w_opt = torch.optim.SGD(weights, lr=self.w_lr, momentum=self.w_momentum, weight_decay=self.w_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.search_epochs, eta_min=self.w_lr_min)
+                                       edge_normalization=self.edge_normalization)
         limit = limit_of(self.constraints, "macs")
         penalty = (lambda: self.cost_weight * torch.relu(supernet.expected_cost() / limit - 1)) if limit else None
+        self.train_supernet(session, supernet, epochs=self.search_epochs, warmup=self.warmup_epochs,
+                            penalty=penalty, state=session.load(), description=f"{self.name} supernet")
+        params, info = supernet.derive(max_skip=self.max_skip, limit=limit)
+        self.derived = self.space.complete(params, constraints=self.constraints, costs=self.costs)
+        session.log(f"derived: {self.space.describe(self.derived)}" + (f" ({info})" if info else ""))
+        return self.derived
+
+    def train_supernet(self, session: Any, supernet: Any, *, epochs: int, warmup: int,
+                       penalty: Callable[[], torch.Tensor] | None, state: Mapping[str, Any] | None,
+                       description: str, first_step: int = 0, keep: Mapping[str, Any] | None = None) -> None:
+        """Bi-level training of `supernet` for `epochs` (the architecture frozen for the first `warmup`),
+        checkpointed after every epoch as step first_step + epoch with `keep` in the checkpoint, and resumed
+        from `state`, a checkpoint of this same training (None: from the start). `penalty()` is added to the
+        architecture step's loss."""
+        task = session.task
+        supernet.to(getattr(task, "device", "cpu"))
+        weights = supernet.weight_parameters()
+        w_opt = torch.optim.SGD(weights, lr=self.w_lr, momentum=self.w_momentum, weight_decay=self.w_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, epochs, eta_min=self.w_lr_min)
         architect = Architect(weights=weights, alphas=supernet.arch_parameters(), order=self.order,
                               loss=lambda batch: task.loss(supernet(batch[0]), batch[1]), lr=self.arch_lr,
                               weight_decay=self.arch_decay, penalty=penalty)
         start = 0
-        state = session.load()
         if state is not None:
             supernet.load_state_dict(state["supernet"])
             w_opt.load_state_dict(state["w_opt"])
@@ -77,19 +92,19 @@ class DARTS(OneShotStrategy):
             architect.optimizer.load_state_dict(state["arch_opt"])
             torch.set_rng_state(state["rng"])
             start = state["epoch"]
+        limit = limit_of(self.constraints, "macs")
         size = task.input_size(1.0)
         steps = math.ceil(len(list(task.batches("weights", input_size=size, batch_size=self.batch_size, seed=0)))
-                          ) if start < self.search_epochs else 0
-        with session.progress(total=self.search_epochs * steps, completed=start * steps,
-                              description=f"{self.name} supernet") as advance:
-            for epoch in range(start, self.search_epochs):
-                seed = self.seed * 1_000_003 + epoch
+                          ) if start < epochs else 0
+        with session.progress(total=epochs * steps, completed=start * steps, description=description) as advance:
+            for epoch in range(start, epochs):
+                seed = self.seed * 1_000_003 + first_step + epoch
                 train = task.batches("weights", input_size=size, batch_size=self.batch_size, seed=seed)
                 valid = task.batches("architecture", input_size=size, batch_size=self.batch_size, seed=seed + 1)
                 supernet.train()
                 total, count, arch_loss = 0.0, 0, []
                 for w_batch, a_batch in zip(train, valid):
-                    if epoch >= self.warmup_epochs:
+                    if epoch >= warmup:
                         arch_loss.append(architect.step(w_batch, a_batch, w_lr=schedule.get_last_lr()[0],
                                                         w_optimizer=w_opt, w_momentum=self.w_momentum,
                                                         w_decay=self.w_decay)["val_loss"])
@@ -107,14 +122,11 @@ class DARTS(OneShotStrategy):
                 event = self._epoch_event(supernet, task, size, epoch, total / count, arch_loss, limit)
                 session.save({"supernet": supernet.state_dict(), "w_opt": w_opt.state_dict(),
                               "schedule": schedule.state_dict(), "arch_opt": architect.optimizer.state_dict(),
-                              "rng": torch.get_rng_state(), "epoch": epoch + 1}, step=epoch + 1, events=[event])
-                session.log(f"epoch {epoch + 1}/{self.search_epochs}: train loss {event['train_loss']:.3f}, "
+                              "rng": torch.get_rng_state(), "epoch": epoch + 1, **(keep or {})},
+                             step=first_step + epoch + 1, events=[{**event, "stage": description}])
+                session.log(f"{description} epoch {epoch + 1}/{epochs}: train loss {event['train_loss']:.3f}, "
                             f"supernet val acc {event['val_accuracy']:.2f}%, expected MACs "
                             f"{event['expected_macs'] / 1e6:.2f}M, genotype {event['genotype']}")
-        params, info = supernet.derive(max_skip=self.max_skip, limit=limit)
-        self.derived = self.space.complete(params, constraints=self.constraints, costs=self.costs)
-        session.log(f"derived: {self.space.describe(self.derived)}" + (f" ({info})" if info else ""))
-        return self.derived
 
     def _epoch_event(self, supernet: Any, task: Any, size: int, epoch: int, train_loss: float,
                      arch_loss: list[float], limit: float | None) -> dict[str, Any]:
@@ -126,8 +138,11 @@ class DARTS(OneShotStrategy):
                 "val_accuracy": task.evaluate(supernet, input_size=size, limit=self.eval_limit)["accuracy"],
                 "expected_macs": expected, "genotype": self.space.describe(self.space.arch(params)),
                 "derive": info,
-                "op_weights": {k: [[round(x, 4) for x in row] for row in v.detach().tolist()]
-                               for k, v in supernet.op_weights().items()}}
+                "op_weights": {k: _rounded(v.detach().tolist()) for k, v in supernet.op_weights().items()}}
+
+
+def _rounded(values: Any) -> Any:
+    return [_rounded(v) for v in values] if isinstance(values, list) else round(values, 4)
 
 
 @register_strategy("pc-darts")
