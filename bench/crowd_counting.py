@@ -20,7 +20,6 @@ epochs and a retraining of `--epochs`, on one torch thread (two benchmarks share
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import torch
 from results import write_section
-from searches import derived_events, search_seconds
+from searches import cached_metrics, derived_events, search_seconds
 from torch import nn
 
 from nasplat.arch import Arch
@@ -105,15 +104,12 @@ def searched(*, space: dict, task: dict, options: dict, out: Path) -> tuple[Arch
 
 def retrained(name: str, build, *, space, loss: str, seed: int, epochs: int, task_options: dict, out: Path) -> dict:
     """Metrics of `build()` trained from scratch with `loss` and `seed`, cached in `out`."""
-    cache = out / f"{name}-{loss}-seed{seed}-e{epochs}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
     task = build_task(SearchConfig(space="crowd", task_options={**task_options, "loss": loss}), space)
-    metrics = task.train_eval(build(), input_size=task.input_size(1.0), epochs=epochs, seed=seed)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(metrics))
-    print(f"  {name} {loss} seed {seed}: MAE {metrics['mae']:.2f} MSE {metrics['mse']:.2f} "
-          f"({metrics['train_seconds']:.0f}s)", flush=True)
+    metrics, fresh = cached_metrics(out / f"{name}-{loss}-seed{seed}-e{epochs}.json", lambda: task.train_eval(
+        build(), input_size=task.input_size(1.0), epochs=epochs, seed=seed))
+    if fresh:
+        print(f"  {name} {loss} seed {seed}: MAE {metrics['mae']:.2f} MSE {metrics['mse']:.2f} "
+              f"({metrics['train_seconds']:.0f}s)", flush=True)
     return metrics
 
 

@@ -19,7 +19,6 @@ one torch thread (two benchmarks share the 2 cores).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 from results import write_section
-from searches import derived_events, search_seconds
+from searches import cached_metrics, derived_events, search_seconds
 
 from nasplat.arch import Arch
 from nasplat.constraints import Constraint
@@ -58,15 +57,11 @@ def searched(components: str, *, space: dict, task: dict, options: dict, out: Pa
 
 
 def retrained(space, task, arch: Arch, *, seed: int, epochs: int, out: Path) -> dict:
-    cache = out / f"{arch.key()}-seed{seed}-e{epochs}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    metrics = task.train_eval(space.build(arch, num_classes=task.num_classes), input_size=task.input_size(1.0),
-                              epochs=epochs, seed=seed)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(metrics))
-    print(f"  seed {seed}: mAP {metrics['map']:.2f} mAP50 {metrics['map50']:.2f} ({metrics['train_seconds']:.0f}s)",
-          flush=True)
+    metrics, fresh = cached_metrics(out / f"{arch.key()}-seed{seed}-e{epochs}.json", lambda: task.train_eval(
+        space.build(arch, num_classes=task.num_classes), input_size=task.input_size(1.0), epochs=epochs, seed=seed))
+    if fresh:
+        print(f"  seed {seed}: mAP {metrics['map']:.2f} mAP50 {metrics['map50']:.2f} "
+              f"({metrics['train_seconds']:.0f}s)", flush=True)
     return metrics
 
 

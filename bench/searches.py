@@ -1,6 +1,9 @@
-"""One-shot searches as the benchmarks run them: started once, resumed after a kill, reused once derived."""
+"""What the one-shot benchmarks share: searches started once, resumed after a kill and reused once derived,
+and retrainings whose metrics are kept in a file each, so that a rerun skips what is done."""
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +36,14 @@ def search_seconds(events: list[dict[str, Any]]) -> float:
         if event["event"] == "derived":
             break
     return total + (last - start if start is not None else 0.0)
+
+
+def cached_metrics(cache: Path, train: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """`train()`'s metrics, kept in `cache` (JSON) and read from it when it exists; and whether they were
+    just computed."""
+    if cache.exists():
+        return json.loads(cache.read_text()), False
+    metrics = train()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(metrics))
+    return metrics, True
