@@ -36,6 +36,7 @@ OUT = Path(__file__).resolve().parent / "out" / "cp"
 SECTION = "CP-NAS: the Child with and without its Parent's supervision"
 SPACE = {"channels": 8, "layers": 5}
 TASK = {"limit_train": 3000, "limit_val": 1000, "batch_size": 64}
+WEIGHTS = (1e-2, 1e-3)  # the kernel-level and centre losses' weights, the cp-nas strategy's defaults
 
 
 class Plain(nn.Module):
@@ -52,8 +53,11 @@ class Plain(nn.Module):
         return list(self.parameters())
 
 
-def train(space, task, arch, *, supervised: bool, seed: int, epochs: int, lr: float) -> dict:
-    cache = OUT / f"{arch.key()}-{'cp' if supervised else 'ce'}-seed{seed}-e{epochs}-lr{lr:g}.json"
+def train(space, task, arch, *, supervised: bool, seed: int, epochs: int, lr: float,
+          weights: tuple[float, float] = WEIGHTS) -> dict:
+    """The Child's (and Parent's) accuracy after `epochs`; supervised with the (kernel, centre) loss `weights`."""
+    tag = "ce" if not supervised else "cp" if weights == WEIGHTS else f"cp-k{weights[0]:g}-c{weights[1]:g}"
+    cache = OUT / f"{arch.key()}-{tag}-seed{seed}-e{epochs}-lr{lr:g}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     torch.manual_seed(seed)
@@ -61,8 +65,8 @@ def train(space, task, arch, *, supervised: bool, seed: int, epochs: int, lr: fl
     parent = Plain(SPACES.create("binary-cells", **{**SPACE, "binarize": "none"}).build(
         arch.replace(binarize="none"), num_classes=task.num_classes))
     parent.load_state_dict(child.state_dict(), strict=False)  # the Child has extra BNs; the kernels match
-    strategy = STRATEGIES.create("cp-nas", space, seed=seed, kernel_weight=1e-2 if supervised else 0.0,
-                                 center_weight=1e-3 if supervised else 0.0)
+    strategy = STRATEGIES.create("cp-nas", space, seed=seed, kernel_weight=weights[0] if supervised else 0.0,
+                                 center_weight=weights[1] if supervised else 0.0)
     from nasplat.strategies.reduction import Features
 
     optimizers = [torch.optim.Adam(n.parameters(), lr=lr) for n in (child, parent)]
@@ -90,14 +94,17 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--binarize", choices=("both", "weights"), default="both",
                         help="the Child's binarization: both (CP-NAS's 1-bit Child) or weights (XNOR kernels only)")
+    parser.add_argument("--kernel-weight", type=float, default=WEIGHTS[0], help="the kernel-level loss's weight")
+    parser.add_argument("--center-weight", type=float, default=WEIGHTS[1], help="the centre loss's weight")
     args = parser.parse_args()
+    weights = (args.kernel_weight, args.center_weight)
     torch.set_num_threads(1)  # one core each: this and another benchmark share the machine's two
     space = SPACES.create("binary-cells", **SPACE, binarize=args.binarize)
     task = build_task(SearchConfig(space="binary-cells", task_options=TASK), space)
     rng = random.Random(0)
     archs = [space.complete(space.sample(rng)) for _ in range(args.genotypes)]
     pairs = [(train(space, task, a, supervised=False, seed=s, epochs=args.epochs, lr=args.lr),
-              train(space, task, a, supervised=True, seed=s, epochs=args.epochs, lr=args.lr))
+              train(space, task, a, supervised=True, seed=s, epochs=args.epochs, lr=args.lr, weights=weights))
              for a in archs for s in range(args.seeds)]
     plain = [p[0]["child"] for p in pairs]
     cp = [p[1]["child"] for p in pairs]
@@ -105,7 +112,7 @@ def main() -> None:
     what = "weights and activations" if args.binarize == "both" else "its kernels only (XNOR), activations full precision"
     lines = [f"Space binary-cells { {**SPACE, 'binarize': args.binarize} } (the Child binarizes {what}), {args.genotypes} random "
              f"genotypes x seeds 0..{args.seeds - 1}, {args.epochs} epochs of Adam at lr {args.lr} on the generated "
-             f"set at 32 px ({TASK}). CP: kernel loss weight 1e-2, centre loss weight 1e-3.", "",
+             f"set at 32 px ({TASK}). CP: kernel loss weight {weights[0]:g}, centre loss weight {weights[1]:g}.", "",
              "| Child trained with | Child accuracy (%) | Parent accuracy (%) |", "|---|---|---|",
              f"| cross-entropy only | {statistics.mean(plain):.2f} ± {statistics.stdev(plain):.2f} | - |",
              f"| + Parent's supervision (CP-NAS) | {statistics.mean(cp):.2f} ± {statistics.stdev(cp):.2f} | "
@@ -113,8 +120,14 @@ def main() -> None:
              f"Paired by genotype and seed, the supervised Child is better in {wins} of {len(pairs)} pairs, by "
              f"{statistics.mean(b - a for a, b in pairs_acc(pairs)):+.2f} points on average."]
     both = args.binarize == "both"
-    write_section(SECTION if both else f"{SECTION} (XNOR weights)", "\n".join(lines),
-                  command="python bench/cp_supervision.py" + ("" if both else f" --binarize {args.binarize}"))
+    qualifiers = ([] if both else ["XNOR weights"]) + (
+        [] if weights == WEIGHTS else [f"kernel weight {weights[0]:g}, centre weight {weights[1]:g}"])
+    flags = ("" if both else f" --binarize {args.binarize}") + (
+        "" if weights == WEIGHTS else f" --kernel-weight {weights[0]:g} --center-weight {weights[1]:g}")
+    if (args.genotypes, args.seeds) != (2, 3):
+        flags += f" --genotypes {args.genotypes} --seeds {args.seeds}"
+    write_section(SECTION + (f" ({'; '.join(qualifiers)})" if qualifiers else ""), "\n".join(lines),
+                  command="python bench/cp_supervision.py" + flags)
     print("\n".join(lines))
 
 

@@ -172,12 +172,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 130 if outcome.reason == "interrupted" else 0
 
 
+def _grouped(parameters: dict[str, str]) -> str:
+    """Parameters that take the same values are listed once ("b0, b1, h0 {...}"): a space of many alike
+    positions (hitdet's 18 slots over one block zoo) would otherwise print its vocabulary at each."""
+    names: dict[str, list[str]] = {}
+    for name, values in parameters.items():
+        names.setdefault(str(values), []).append(name)
+    return ", ".join(f"{', '.join(group)} {values}" for values, group in names.items())
+
+
 def _print_dry_run(config: SearchConfig) -> int:
     from . import api
 
     dry = api.dry_run(config)
     size = "continuous" if dry.space_size == float("inf") else f"{dry.space_size:.4g} architectures"
-    print(f"space {config.space}: {size}; searched: " + ", ".join(f"{k} {v}" for k, v in dry.parameters.items()))
+    print(f"space {config.space}: {size}; searched: " + _grouped(dry.parameters))
     print("constraints: " + (", ".join(str(c) for c in config.constraints) or "none"))
     print(f"smallest architecture: MACs {format_count(dry.smallest['macs'])}, "
           f"params {format_count(dry.smallest['params'])}")
