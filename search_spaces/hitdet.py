@@ -3,7 +3,8 @@
 Every searchable position ("slot") chooses one op from the same candidate vocabulary, the block zoo released
 with the paper (research/methods.md §4.2): MBConv blocks `ir_k{k}_e{e}[_d{d}]` (1 x 1 expansion by e, k x k
 depthwise at dilation d, 1 x 1 projection; residual where shapes allow), depthwise-separable blocks
-`sd_k{k}_d{d}`, plain `conv_1x1` and `conv_3x3`, and `skip` (a strided 1 x 1 convolution where shapes differ).
+`sd_k{k}_d{d}`, plain `conv_1x1` and `conv_3x3`, and, in the backbone only, `skip` (a strided 1 x 1
+convolution where shapes differ).
 Screening (strategies/hitdet.py) keeps a few ops per component out of this vocabulary; the joint search then
 searches each component over what it kept.
 
@@ -45,6 +46,10 @@ OPS = ("skip", "conv_1x1", "conv_3x3",
        "ir_k3_e3_d2", "ir_k3_e6_d2", "ir_k3_e6_d3", "ir_k5_e6_d2", "ir_k5_e6_d3",
        "sd_k3_d1", "sd_k3_d2", "sd_k3_d3", "sd_k5_d1", "sd_k5_d2", "sd_k5_d3")
 COMPONENTS = ("backbone", "neck", "head")
+# what each component's slots choose from: as released, only the backbone's vocabulary has skip (a neck or
+# head position has to compute something; given skip, the DARTS-style search collapsed the head into no layers)
+COMPONENT_OPS = {"backbone": OPS, "neck": tuple(op for op in OPS if op != "skip"),
+                 "head": tuple(op for op in OPS if op != "skip")}
 PREFIX = {"b": "backbone", "n": "neck", "h": "head"}
 LEVELS = 3  # C3..C5 / P3..P5
 FPN_OPS = {"lateral": "conv_1x1", "fused": "conv_3x3", "head": "conv_3x3"}
@@ -333,7 +338,7 @@ class HitDet(SearchSpace):
         self.resolution = resolution
 
     def parameters(self) -> dict[str, Choice]:
-        return {slot: Choice(OPS) for slot in self.plan.slots}
+        return {slot: Choice(COMPONENT_OPS[component_of(slot)]) for slot in self.plan.slots}
 
     def build(self, arch: Arch, *, num_classes: int | None = None) -> nn.Module:
         self.validate(arch)
@@ -343,7 +348,8 @@ class HitDet(SearchSpace):
         return Target((1, 3, self.resolution, self.resolution), self.classes)
 
     def smallest(self) -> Arch:
-        return self.arch({slot: min(OPS, key=lambda op: self.op_costs[slot][op]) for slot in self.plan.slots})
+        return self.arch({slot: min(COMPONENT_OPS[component_of(slot)], key=lambda op: self.op_costs[slot][op])
+                          for slot in self.plan.slots})
 
     def deployable(self, network: nn.Module, *, classes: int) -> nn.Module:
         """`network` (built for `classes`) with the detection task's decoding and NMS at their default
@@ -358,7 +364,7 @@ class HitDet(SearchSpace):
     def supernet(self, *, candidates: Mapping[str, Sequence[str]] | None = None, **_: Any) -> Supernet:
         """The weight-sharing detector over `candidates` (per slot; every op everywhere by default). Options of
         the cell supernets (partial channels, edge normalisation) do not apply and are ignored."""
-        return Supernet(self, candidates or {s: OPS for s in self.plan.slots})
+        return Supernet(self, candidates or {s: COMPONENT_OPS[component_of(s)] for s in self.plan.slots})
 
     def candidates(self, ops: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
         """Per slot, the ops of its component in `ops` (component -> ops); a component not in `ops` is fixed at
@@ -366,9 +372,10 @@ class HitDet(SearchSpace):
         for component, chosen in ops.items():
             if component not in COMPONENTS:
                 raise ValueError(f"unknown hitdet component {component!r}; use {', '.join(COMPONENTS)}")
-            unknown = sorted(set(chosen) - set(OPS))
+            unknown = sorted(set(chosen) - set(COMPONENT_OPS[component]))
             if unknown or not chosen:
-                raise ValueError(f"{component} ops {', '.join(unknown) or '(none)'}: choose among {', '.join(OPS)}")
+                raise ValueError(f"{component} ops {', '.join(unknown) or '(none)'}: choose among "
+                                 f"{', '.join(COMPONENT_OPS[component])}")
         fixed = self.fpn()
         return {s: tuple(ops[component_of(s)]) if component_of(s) in ops else (fixed[s],) for s in self.plan.slots}
 

@@ -30,7 +30,7 @@ import torch
 from nasplat.arch import Arch
 from nasplat.constraints import limit_of
 from nasplat.registry import register_strategy
-from nasplat.search_spaces.hitdet import COMPONENTS, OPS
+from nasplat.search_spaces.hitdet import COMPONENT_OPS, COMPONENTS
 
 from .differentiable import DARTS
 
@@ -61,8 +61,8 @@ class HitDetector(DARTS):
         self.components = tuple(c for c in COMPONENTS if c in chosen)
         keep = {"backbone": keep_backbone, "neck": keep_neck, "head": keep_head}
         for component, k in keep.items():
-            if not 1 <= k <= len(OPS):
-                raise ValueError(f"keep_{component}={k}: keep between 1 and {len(OPS)} ops")
+            if not 1 <= k <= len(COMPONENT_OPS[component]):
+                raise ValueError(f"keep_{component}={k}: keep between 1 and {len(COMPONENT_OPS[component])} ops")
         if screen_epochs < 1 or sparsity < 0 or gamma < 0:
             raise ValueError(f"screen_epochs must be at least 1 and sparsity, gamma non-negative; got "
                              f"{screen_epochs}, {sparsity}, {gamma}")
@@ -85,7 +85,7 @@ class HitDetector(DARTS):
             if component in screened:
                 continue
             torch.manual_seed(self.seed + index)
-            supernet = self.space.supernet(candidates=self.space.candidates({component: OPS}))
+            supernet = self.space.supernet(candidates=self.space.candidates({component: COMPONENT_OPS[component]}))
             stage = f"screen {component}"
             self.train_supernet(session, supernet, epochs=self.screen_epochs, warmup=self.warmup_epochs,
                                 penalty=lambda net=supernet, c=component: self.sparsity * torch.stack(

@@ -84,8 +84,8 @@ class CPNAS(OneShotStrategy):
         super().check_space(space)
         if "binarize" not in space.options:
             raise ValueError(f"cp-nas trains a binarized Child against a full-precision Parent, and space "
-                             f"{space.name!r} has no binarization: search binary-cells, or use --strategy bnas, "
-                             f"abandit or pc-darts here")
+                             f"{space.name!r} has no binarization: search binary-cells, or use another one-shot "
+                             f"strategy here (pc-darts searches every space with a supernet)")
         if space.options["binarize"] == "none":
             raise ValueError("cp-nas trains a binarized Child against a full-precision Parent: give the space a "
                              "binarization (--space-option binarize=both, or weights)")

@@ -18,7 +18,7 @@ import torch
 from nasplat.arch import Arch
 from nasplat.cost import count_costs
 from nasplat.registry import SPACES
-from nasplat.search_spaces.hitdet import COMPONENTS, OPS, MixedOp, component_of, make_op
+from nasplat.search_spaces.hitdet import COMPONENT_OPS, COMPONENTS, OPS, MixedOp, component_of, make_op
 
 TINY = {"stem": 8, "stages": "8:1,16:1,24:1,32:1", "neck": 16, "head_layers": 1, "resolution": 256}
 
@@ -58,7 +58,9 @@ def test_slots_cover_backbone_neck_and_head_with_the_paper_vocabulary(space):
     assert [s for s in slots if s[0] == "b"] == ["b0", "b1", "b2", "b3"]
     assert [s for s in slots if s[0] == "n"] == [f"n{i}" for i in range(6)]
     assert [s for s in slots if s[0] == "h"] == ["h0"]
-    assert set(space.parameters()) == set(slots) and all(p.values == OPS for p in space.parameters().values())
+    assert set(space.parameters()) == set(slots)
+    assert {s: p.values for s, p in space.parameters().items()} == {s: COMPONENT_OPS[component_of(s)] for s in slots}
+    assert "skip" in COMPONENT_OPS["backbone"] and "skip" not in COMPONENT_OPS["neck"] + COMPONENT_OPS["head"]
     assert [slots[f"b{i}"].stride for i in range(4)] == [2, 2, 2, 2]
     assert slots["h0"].sides == (32, 16, 8)  # the head runs on P3..P5 of a 256 target
 
@@ -205,7 +207,7 @@ def test_search_screens_each_component_then_searches_the_kept_ops_jointly(joint_
     assert [len(kept[c]) for c in COMPONENTS] == [3, 2, 2]
     for e in screened:  # the kept ops are those of largest group norm, and there is a norm for every op
         norms = e["group_norms"]
-        assert set(norms) == set(OPS) and min(norms[op] for op in kept[e["screened"]]) >= max(
+        assert set(norms) == set(COMPONENT_OPS[e["screened"]]) and min(norms[op] for op in kept[e["screened"]]) >= max(
             v for op, v in norms.items() if op not in kept[e["screened"]])
     stages = [e["stage"] for e in events if e["event"] == "supernet" and "epoch" in e]
     assert stages == ["screen backbone", "screen neck", "screen head", "joint"]
