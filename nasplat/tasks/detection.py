@@ -172,20 +172,43 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (box_area(a)[:, None] + box_area(b)[None, :] - inter).clamp_min(1e-12)
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float) -> torch.Tensor:
+def _overlaps(boxes: torch.Tensor, iou: float) -> torch.Tensor:
+    """Whether each pair of boxes B x 4 overlaps by more than `iou`: `box_iou > iou` without the division and
+    the B x B x 2 corners, twice as fast on the 1,000 x 1,000 matrix NMS builds per image."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    width = (torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None])).clamp_min_(0)
+    height = (torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None])).clamp_min_(0)
+    inter = width.mul_(height)
+    area = box_area(boxes)
+    union = (area[:, None] + area[None]) - inter
+    return inter > union.mul_(iou)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float, limit: int = 0
+        ) -> torch.Tensor:
     """Indices kept by class-wise greedy non-maximum suppression, best score first: a box is dropped when it
-    overlaps a kept box of its class by more than `iou`. Boxes of different classes are moved apart (offset
-    by class), so one IoU matrix serves every class."""
+    overlaps a kept box of its class by more than `iou`; with `limit` > 0, only the first `limit` kept.
+
+    Boxes of different classes are moved apart (offset by class), so one IoU matrix serves every class. The
+    loop visits kept boxes only, jumping to the next survivor, and stops at `limit`: an untrained detector
+    passes all of its ~1,000 candidates, and a visit per candidate made evaluation seconds slower per epoch."""
     order = scores.argsort(descending=True)
-    if order.numel() == 0:
+    n = order.numel()
+    if n == 0:
         return order
     shifted = boxes[order] + (labels[order].to(boxes.dtype) * (boxes.max() + 1))[:, None]
-    overlap = box_iou(shifted, shifted) > iou
-    keep = torch.ones(order.numel(), dtype=torch.bool, device=boxes.device)
-    for i in range(order.numel()):
-        if bool(keep[i]):
-            keep[i + 1:] &= ~overlap[i, i + 1:]
-    return order[keep]
+    overlap = _overlaps(shifted, iou)
+    alive = torch.ones(n, dtype=torch.bool, device=boxes.device)
+    kept: list[int] = []
+    i = 0
+    while limit <= 0 or len(kept) < limit:
+        kept.append(i)
+        alive[i] = False
+        alive &= ~overlap[i]
+        if not bool(alive.any()):
+            break
+        i = int(alive.to(torch.uint8).argmax())  # the best-scored survivor
+    return order[torch.tensor(kept, dtype=torch.long, device=boxes.device)]
 
 
 def postprocess(levels: list[torch.Tensor], classes: int, width: int, height: int, score_threshold: float,
@@ -214,7 +237,7 @@ def postprocess(levels: list[torch.Tensor], classes: int, width: int, height: in
         location, label = top // classes, top % classes
         boxes = (boxes_all[i, location] * scale).clamp_min(0)
         boxes = torch.minimum(boxes, scale)
-        kept = nms(boxes, scores[top], label, nms_iou)[:max_detections]
+        kept = nms(boxes, scores[top], label, nms_iou, max_detections)
         k = kept.numel()
         out_boxes[i, :k], out_scores[i, :k], out_labels[i, :k] = boxes[kept], scores[top][kept], label[kept]
     return out_boxes, out_scores, out_labels

@@ -56,57 +56,66 @@ class DetectionSpec:
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _shape_masks(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Per class, whether the object-local coordinates (u, v) in [-1, 1]^2 (the object's box) are inside it."""
+def _shape_mask(shape: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Whether the object-local coordinates (u, v), [-1, 1]^2 being the object's box, are inside class `shape`."""
     box = (u.abs() <= 1) & (v.abs() <= 1)
+    if shape == 0:  # rectangle
+        return box
+    if shape == 2:  # triangle, apex up
+        return box & (u.abs() <= (v + 1) / 2)
+    if shape == 3:  # cross
+        return box & ((u.abs() <= 0.3) | (v.abs() <= 0.3))
     r2 = u * u + v * v
-    return torch.stack([
-        box,  # rectangle
-        r2 <= 1,  # ellipse
-        box & (u.abs() <= (v + 1) / 2),  # triangle, apex up
-        box & ((u.abs() <= 0.3) | (v.abs() <= 0.3)),  # cross
-        (r2 <= 1) & (r2 >= 0.45),  # ring
-    ])
+    return (r2 <= 1) & (r2 >= 0.45) if shape == 4 else r2 <= 1  # ring, ellipse
 
 
 def render(n: int, spec: DetectionSpec, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` images and their boxes drawn from `gen`: a textured background, then up to `max_objects` shapes of
     random class, colour, size and aspect ratio, later ones drawn over earlier ones. Each box is the tight box of
     its shape's pixels (an object hidden entirely by later ones, or too small to cover a pixel centre, is left
-    out)."""
+    out).
+
+    Each shape's mask is computed only for the images that drew its class, and the colours are laid down in one
+    pass by the frontmost object at each pixel (instead of one full-image pass per object): 1,200 images at
+    128 px take a few seconds, half of them the background's."""
     side, draw = spec.resolution, Draw(n, gen)
     image = draw_background(draw, side, strokes=6)
     coords = torch.arange(side, dtype=torch.float32) + 0.5  # pixel centres
-    x, y = coords.view(1, 1, 1, side), coords.view(1, 1, side, 1)
-    count = torch.randint(1, spec.max_objects + 1, (n, 1, 1, 1), generator=gen)
-    masks, classes = [], []
+    x, y = coords.view(1, 1, side), coords.view(1, side, 1)
+    count = torch.randint(1, spec.max_objects + 1, (n,), generator=gen)
+    masks = torch.zeros(n, spec.max_objects, side, side, dtype=torch.bool)
+    classes = torch.full((n, spec.max_objects), -1)
+    colours = torch.empty(n, spec.max_objects, 3)
     for k in range(spec.max_objects):
         longer = side * torch.exp(draw.uniform(math.log(spec.min_size), math.log(spec.max_size)))
         ratio = torch.exp(draw.uniform(math.log(0.5), math.log(2.0)))  # width / height
-        w = torch.where(ratio >= 1, longer, longer * ratio)
-        h = torch.where(ratio >= 1, longer / ratio, longer)
-        cx = w / 2 + draw.uniform(0, 1) * (side - w)
-        cy = h / 2 + draw.uniform(0, 1) * (side - h)
+        w = torch.where(ratio >= 1, longer, longer * ratio).view(n, 1, 1)
+        h = torch.where(ratio >= 1, longer / ratio, longer).view(n, 1, 1)
+        cx = w / 2 + draw.uniform(0, 1).view(n, 1, 1) * (side - w)
+        cy = h / 2 + draw.uniform(0, 1).view(n, 1, 1) * (side - h)
         cls = torch.randint(0, len(CLASSES), (n,), generator=gen)
-        colour = torch.rand(n, 3, 1, 1, generator=gen)
-        inside = _shape_masks((x - cx) / (w / 2), (y - cy) / (h / 2))  # classes x n x 1 x S x S
-        mask = inside[cls, torch.arange(n)] & (k < count)  # n x 1 x S x S
-        image = torch.where(mask, colour, image)
-        masks.append(mask[:, 0])
-        classes.append(torch.where(k < count[:, 0, 0, 0], cls, -1))
+        colours[:, k] = torch.rand(n, 3, generator=gen)
+        drawn = k < count
+        for shape in range(len(CLASSES)):
+            chosen = drawn & (cls == shape)
+            masks[chosen, k] = _shape_mask(shape, (x - cx[chosen]) / (w[chosen] / 2),
+                                           (y - cy[chosen]) / (h[chosen] / 2))
+        classes[:, k] = torch.where(drawn, cls, -1)
+    order = torch.arange(1, spec.max_objects + 1, dtype=torch.int16).view(1, -1, 1, 1)  # int16: 7x faster
+    front = (masks * order).amax(dim=1).long() - 1  # n x S x S: the last object drawn at each pixel, -1 for none
+    painted = colours.gather(1, front.clamp(min=0).flatten(1)[..., None].expand(-1, -1, 3))  # n x S*S x 3
+    image = torch.where(front[:, None] >= 0, painted.transpose(1, 2).view(n, 3, side, side), image)
     image = (image + spec.noise * torch.randn(image.shape, generator=gen)).clamp_(0, 1)
-    boxes = torch.full((n, spec.max_objects, 5), 0.0)
+    boxes = torch.zeros(n, spec.max_objects, 5)
     boxes[..., 4] = -1
-    for k, (mask, cls) in enumerate(zip(masks, classes)):
-        visible = mask.clone()
-        for later in masks[k + 1:]:
-            visible &= ~later
+    for k in range(spec.max_objects):
+        mask = masks[:, k]
         rows, cols = mask.any(dim=2), mask.any(dim=1)  # n x S each: the object's full extent, not only what shows
-        present = (cls >= 0) & visible.flatten(1).any(dim=1)
+        present = (classes[:, k] >= 0) & (front == k).flatten(1).any(dim=1)
         box = torch.stack([_first(cols), _first(rows), side - _first(cols.flip(1)), side - _first(rows.flip(1))],
                           dim=1).float() / side
         boxes[present, k, :4] = box[present]
-        boxes[present, k, 4] = cls[present].float()
+        boxes[present, k, 4] = classes[present, k].float()
     return (image * 255).round_().to(torch.uint8), boxes
 
 
