@@ -92,7 +92,7 @@ class HitDetector(DARTS):
                                     list(net.group_norms(c).values())).sum(),
                                 state=state if state.get("stage") == stage else None, description=stage,
                                 first_step=index * (self.screen_epochs + 1), keep={"stage": stage, "screened": screened})
-            norms = {op: float(v) for op, v in supernet.group_norms(component).items()}
+            norms = {op: float(v.detach()) for op, v in supernet.group_norms(component).items()}
             screened[component] = sorted(norms, key=norms.get, reverse=True)[:self.keep[component]]
             state = {"stage": "screened", "screened": screened}
             session.save(state, step=(index + 1) * (self.screen_epochs + 1),  # a step of its own

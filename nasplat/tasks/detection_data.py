@@ -26,7 +26,7 @@ import torch
 from .datasets import Draw, cached_tensors, draw_background, what_is
 
 CLASSES = ("rectangle", "ellipse", "triangle", "cross", "ring")
-GENERATOR_VERSION = 1  # bump with any change to the drawing code: it keys the disk cache
+GENERATOR_VERSION = 2  # bump with any change to the drawing code: it keys the disk cache
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class DetectionSpec:
     """Parameters of the generated set; equal specs give bit-identical sets."""
 
     seed: int = 0
-    train_size: int = 1000
+    train_size: int = 4000  # at 1,000 a 1.8G detector overfits within 10 epochs (validation loss 2x training)
     val_size: int = 200
     resolution: int = 128
     max_objects: int = 6  # objects per image: uniform in 1..max_objects
@@ -142,9 +142,9 @@ class SyntheticDetection(DetectionSource):
         spec = self.spec
 
         def build() -> dict[str, torch.Tensor]:
-            gen = torch.Generator().manual_seed(spec.seed)
-            train_x, train_b = render(spec.train_size, spec, gen)
-            val_x, val_b = render(spec.val_size, spec, gen)
+            # one generator stream per split, so that the validation images do not depend on train_size
+            train_x, train_b = render(spec.train_size, spec, torch.Generator().manual_seed(2 * spec.seed))
+            val_x, val_b = render(spec.val_size, spec, torch.Generator().manual_seed(2 * spec.seed + 1))
             return {"train_x": train_x, "train_boxes": train_b, "val_x": val_x, "val_boxes": val_b}
 
         t = cached_tensors(f"detection-{spec.key()}", build)
