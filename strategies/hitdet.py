@@ -99,10 +99,11 @@ class HitDetector(DARTS):
                          events=[{"stage": stage, "screened": component, "kept": screened[component],
                                   "group_norms": {op: round(v, 4) for op, v in norms.items()}}])
             session.log(f"screened {component}: kept {', '.join(screened[component])}")
+        limit = limit_of(self.constraints, "macs")
+        screened = self._fitting(screened, limit, session)
         self.screened = screened
         torch.manual_seed(self.seed + len(COMPONENTS))
         supernet = self.space.supernet(candidates=self.space.candidates(screened))
-        limit = limit_of(self.constraints, "macs")
         with torch.no_grad():
             reference = limit or float(supernet.expected_cost())
 
@@ -119,6 +120,26 @@ class HitDetector(DARTS):
         self.derived = self.space.complete(params, constraints=self.constraints, costs=self.costs)
         session.log(f"derived: {self.space.describe(self.derived)}" + (f" ({info})" if info else ""))
         return self.derived
+
+    def _fitting(self, screened: dict[str, list[str]], limit: float | None, session: Any) -> dict[str, list[str]]:
+        """`screened`, with each component's cheapest op added where the cheapest detector the kept ops allow
+        breaks the MAC limit: screening ranks ops by weight, not cost, and the derivation can only cheapen within
+        the kept ops (a tiny search kept only the costliest neck ops and ended with no feasible detector)."""
+        costs = self.space.op_costs
+
+        def smallest(ops: dict[str, list[str]]) -> float:
+            return costs["fixed"] + sum(min(costs[s][op] for op in c) for s, c in self.space.candidates(ops).items())
+
+        if limit is None or smallest(screened) <= limit:
+            return screened
+        widened = {}
+        for component, ops in screened.items():
+            slots = self.space.plan.component(component)
+            cheapest = min(COMPONENT_OPS[component], key=lambda op: sum(costs[s][op] for s in slots))
+            widened[component] = ops if cheapest in ops else [*ops, cheapest]
+        session.log(f"the kept ops cannot meet {limit / 1e6:.1f}M MACs: added each component's cheapest op ("
+                    + ", ".join(f"{c}: {ops[-1]}" for c, ops in widened.items() if ops != screened[c]) + ")")
+        return widened
 
     def _latency_fits(self) -> Callable[[dict[str, str]], bool] | None:
         """Whether a choice of ops meets --latency, measured (or looked up) on the target device by the
