@@ -347,9 +347,11 @@ class HitDet(SearchSpace):
     def target(self, arch: Arch) -> Target:
         return Target((1, 3, self.resolution, self.resolution), self.classes)
 
-    def smallest(self) -> Arch:
-        return self.arch({slot: min(COMPONENT_OPS[component_of(slot)], key=lambda op: self.op_costs[slot][op])
-                          for slot in self.plan.slots})
+    def smallest(self, *, candidates: Mapping[str, Sequence[str]] | None = None) -> Arch:
+        """The cheapest detector, over every op or, with `candidates` (per slot, as `candidates()` gives), over
+        those."""
+        pool = candidates or {slot: COMPONENT_OPS[component_of(slot)] for slot in self.plan.slots}
+        return self.arch({slot: min(ops, key=lambda op, s=slot: self.op_costs[s][op]) for slot, ops in pool.items()})
 
     def deployable(self, network: nn.Module, *, classes: int) -> nn.Module:
         """`network` (built for `classes`) with the detection task's decoding and NMS at their default

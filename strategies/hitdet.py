@@ -125,13 +125,9 @@ class HitDetector(DARTS):
         """`screened`, with each component's cheapest op added where the cheapest detector the kept ops allow
         breaks the MAC limit: screening ranks ops by weight, not cost, and the derivation can only cheapen within
         the kept ops (a tiny search kept only the costliest neck ops and ended with no feasible detector)."""
-        costs = self.space.op_costs
-
-        def smallest(ops: dict[str, list[str]]) -> float:
-            return costs["fixed"] + sum(min(costs[s][op] for op in c) for s, c in self.space.candidates(ops).items())
-
-        if limit is None or smallest(screened) <= limit:
+        if limit is None or self.space.cost(self.space.smallest(candidates=self.space.candidates(screened))) <= limit:
             return screened
+        costs = self.space.op_costs
         widened = {}
         for component, ops in screened.items():
             slots = self.space.plan.component(component)
