@@ -1,6 +1,7 @@
 """SearchSpace base and its parameter declarations (Choice, IntRange, FloatRange)."""
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from abc import ABC, abstractmethod
@@ -38,6 +39,10 @@ class Param(ABC):
         """The values one step from `value`, or None where they cannot be enumerated (continuous ranges)."""
         return None
 
+    def all_values(self) -> tuple[Any, ...] | None:
+        """Every value, or None where they cannot be enumerated (continuous ranges)."""
+        return None
+
 
 @dataclass(frozen=True)
 class Choice(Param):
@@ -63,6 +68,9 @@ class Choice(Param):
 
     def size(self) -> float:
         return len(self.values)
+
+    def all_values(self) -> tuple[Any, ...]:
+        return self.values
 
     def neighbours(self, value: Any) -> tuple[Any, ...]:
         """Every other value: choices are unordered, so each is one step away."""
@@ -90,6 +98,9 @@ class IntRange(Param):
 
     def size(self) -> float:
         return (self.high - self.low) // self.step + 1
+
+    def all_values(self) -> tuple[int, ...]:
+        return tuple(range(self.low, self.high + 1, self.step))
 
     def neighbours(self, value: int) -> tuple[int, ...]:
         return tuple(v for v in (value - self.step, value + self.step) if self.low <= v <= self.high)
@@ -238,5 +249,31 @@ class SearchSpace(ABC):
     def describe(self, arch: Arch) -> str:
         return " ".join(f"{k}={v}" for k, v in arch.items())
 
+    def to_text(self, arch: Arch) -> str:
+        """How files name an architecture (the `arch` column of latency tables and measured CSVs): the Arch's
+        JSON; tabular spaces, whose tables key rows by their own string, return `describe()` there."""
+        return arch.to_json()
+
+    def parse(self, text: str) -> Arch:
+        """The Arch that `to_text` names (ValueError, one line, for text that names none of this space)."""
+        try:
+            arch = Arch.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read {text[:80]!r} as a {self.name} architecture (the JSON that "
+                             f"arch.json holds under \"arch\"): {exc}") from None
+        self.validate(arch)
+        return arch
+
     def size(self) -> float:
         return math.prod(p.size() for p in self.parameters().values())
+
+    def enumerate(self) -> Iterator[Arch]:
+        """Every architecture of a space of finitely many searched parameter sets, completed without
+        constraints (ValueError for a space with continuous parameters)."""
+        params = self.parameters()
+        values = {name: p.all_values() for name, p in params.items()}
+        endless = [name for name, v in values.items() if v is None]
+        if endless:
+            raise ValueError(f"space {self.name!r} cannot be enumerated: {', '.join(endless)} is continuous")
+        for combination in itertools.product(*values.values()):
+            yield self.complete(dict(zip(values, combination)))

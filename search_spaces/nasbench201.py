@@ -37,6 +37,8 @@ STAGES = 3
 RESOLUTION = 32
 
 SHIPPED_TABLE = Path(nasplat.__file__).parent / "data" / "nasbench201" / "cifar10-valid.csv"
+# every cell's latency on 14 real devices (HW-NAS-Bench and HELP), read by `--device table:COLUMN`
+SHIPPED_LATENCY = Path(nasplat.__file__).parent / "data" / "hw_latency" / "nb201-latency.csv"
 
 
 def edge_name(to: int, source: int) -> str:
@@ -112,6 +114,7 @@ class NasBench201Space(SearchSpace):
     """NAS-Bench-201's cell: 6 edges x 5 operations; searched from the benchmark's table by default."""
 
     default_task = "nasbench201"
+    latency_table = SHIPPED_LATENCY
 
     def __init__(self, *, num_classes: int = 10):
         super().__init__(num_classes=num_classes)
@@ -137,6 +140,9 @@ class NasBench201Space(SearchSpace):
         """The benchmark's cell string: nodes separated by `+`, each `|op~j|` feeding it from node j."""
         ops = self.ops(arch)
         return "+".join("|" + "|".join(f"{ops[(i, j)]}~{j}" for j in range(i)) + "|" for i in range(1, NODES))
+
+    def to_text(self, arch: Arch) -> str:
+        return self.describe(arch)
 
     def parse(self, text: str) -> Arch:
         """The Arch of a cell string (the inverse of describe)."""
