@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,12 +128,16 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
     if not args.space:
         raise UsageError("name a search space (nasplat search SPACE ...), or give --config or --resume; "
                          "`nasplat list` shows the spaces")
-    constraints = [Constraint.parse(m, v) for m, v in
-                   (("macs", args.flops), ("params", args.params), ("latency", args.latency)) if v]
+    table = _device_table(args)
+    constraints = [Constraint.parse(m, v) for m, v in (("macs", args.flops), ("params", args.params)) if v]
+    if args.latency:
+        constraints.append(_latency_limit(args, table))
     objectives = [o.strip() for o in args.objective.split(",") if o.strip()]
-    protocol = {k: v for k, v in (("device", args.device), ("runtime", args.runtime), ("batch", args.latency_batch),
+    device = None if table else args.device
+    protocol = {k: v for k, v in (("device", device), ("runtime", args.runtime), ("batch", args.latency_batch),
                                   ("threads", args.latency_threads)) if v is not None}
-    if (protocol or args.lut) and not args.latency and "latency" not in objectives:
+    if (protocol or args.lut) and not table and not args.predictor and not args.latency and \
+            "latency" not in objectives:
         given = ", ".join(f"--{k.replace('batch', 'latency-batch').replace('threads', 'latency-threads')}"
                           for k in protocol) or "--lut"
         raise UsageError(f"{given} set(s) how latency is measured, but nothing asks for latency: add a limit "
@@ -152,8 +156,43 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
                         if args.timeout else None, budget=budget, seed=args.seed, out=args.out or "runs",
                         initial=initial, strategy_options=strategy_options, task_options=task_options,
                         space_options=args.space_option,
-                        objectives=objectives, latency=protocol or None, lut=args.lut, **_runner_options(args),
+                        objectives=objectives, latency=protocol or None, lut=args.lut, device_table=table,
+                        predictor=args.predictor, **_runner_options(args),
                         **({"export": args.export} if args.export is not None else {}))
+
+
+def _device_table(args: argparse.Namespace) -> dict[str, Any] | None:
+    """--device table:COLUMN [--latency-table CSV] as the config holds it."""
+    from .cost.device_table import PREFIX
+
+    if args.device and args.device.startswith(PREFIX):
+        column = args.device[len(PREFIX):]
+        if not column:
+            raise UsageError("--device table: needs a column, e.g. table:lat_pixel3 (`nasplat list` names the "
+                             "latency tables the spaces ship)")
+        return {"column": column, "path": args.latency_table}
+    if args.latency_table:
+        raise UsageError("--latency-table is read by --device table:COLUMN: name the device's column too")
+    return None
+
+
+def _latency_limit(args: argparse.Namespace, table: Mapping[str, Any] | None) -> Constraint:
+    """--latency 5ms, or pNN: the NN-th percentile of the device table's column."""
+    from .cost.device_table import parse_percentile
+
+    q = parse_percentile(args.latency)
+    if q is None:
+        return Constraint.parse("latency", args.latency)
+    if table is None:
+        raise UsageError(f"--latency {args.latency} is a percentile of a device's latency table: give --device "
+                         f"table:COLUMN too, or a limit in time units such as 5ms")
+    from .registry import SPACES
+    from .runner.components import device_table
+
+    space = SPACES.create(args.space, **args.space_option)
+    device = device_table(space, column=table["column"], path=table["path"], task=args.task,
+                          task_options=args.task_option)
+    return Constraint("latency", device.percentile(q))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -205,12 +244,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     options = {k: v for k, v in (("table", args.table), ("signal", args.signal), ("report", args.report),
                                  ("time_columns", args.time_columns)) if v}
-    summary = run_benchmark(BENCHMARKS[args.name], strategies=strategies, seeds=args.seeds,
+    bench = BENCHMARKS[args.name]
+    objectives = [o.strip() for o in args.objective.split(",") if o.strip()]
+    summary = run_benchmark(bench, strategies=strategies, seeds=args.seeds,
                             budget=parse_time(args.budget, what="--budget"), out=Path(args.out),
                             task_options=options, epochs=args.epochs, results=Path(args.results),
-                            console=console)
+                            latency=_bench_latency(args, bench, options), objectives=objectives, console=console)
     print(summary)
     return 0
+
+
+def _bench_latency(args: argparse.Namespace, bench: Any, task_options: Mapping[str, Any]) -> Any:
+    """--device table:COLUMN [--latency-table CSV] [--latency LIMIT|pNN] as the benchmark takes them."""
+    from .bench import DeviceLatency
+    from .cost.device_table import parse_percentile
+    from .registry import SPACES
+    from .runner.components import device_table
+
+    table = _device_table(args)
+    if table is None:
+        if args.device or args.latency:
+            raise UsageError("a benchmark reads latency from a device's table: give --device table:COLUMN "
+                             "(e.g. table:lat_pixel3) with --latency")
+        return None
+    space = SPACES.create(bench.space)
+    device = device_table(space, column=table["column"], path=table["path"], task=bench.task,
+                          task_options=task_options)
+    device.check_space(space)
+    if not args.latency:
+        return DeviceLatency(device)
+    q = parse_percentile(args.latency)
+    limit = device.percentile(q) if q is not None else Constraint.parse("latency", args.latency).limit
+    return DeviceLatency(device, limit, args.latency)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -280,12 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "binarized spaces full-precision MACs + BOPs/64, the binary-network papers' rule)")
     s.add_argument("--params", help="parameter budget, e.g. 3M")
     s.add_argument("--latency", help="latency limit on --device at batch --latency-batch, e.g. 5ms; checked before "
-                                     "training (predicted with --lut, else measured) and measured on the result")
+                                     "training (predicted with --lut, else measured) and measured on the result; "
+                                     "with --device table:COLUMN also pNN, the NN-th percentile of the column")
     s.add_argument("--objective", default="accuracy",
                    help="accuracy, or accuracy plus costs to minimise, e.g. accuracy,latency: best/ holds the most "
                         "accurate feasible architecture, report/pareto/ the front (bayesian and random)")
     s.add_argument("--device", help="where latency is measured: cpu (default), cuda, cuda:N, or ray:<resource>[:cuda] "
-                                    "(a Ray task on the node started with that custom resource)")
+                                    "(a Ray task on the node started with that custom resource); or table:COLUMN, "
+                                    "a device's column of a latency table (read, not measured)")
+    s.add_argument("--latency-table", help="the CSV table of --device table:COLUMN (default: the search's own table "
+                                           "where it has the column, else the one the space ships)")
+    s.add_argument("--predictor", help="a predictor from `nasplat latency fit`: the latency source of the search "
+                                       "(its figures are final: nothing is measured here)")
     s.add_argument("--runtime", choices=["torch", "onnxruntime"], help="what runs the model for latency "
                                                                      "(default torch)")
     s.add_argument("--latency-batch", type=_positive_int, help="batch size of latency measurements (default 1)")
@@ -367,6 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--time-columns", help="seconds per training epoch[,seconds per evaluation] "
                                           "(default train_seconds_per_epoch,eval_seconds)")
     b.add_argument("--epochs", type=_positive_int, help="training epochs charged per query (default 12)")
+    b.add_argument("--device", help="table:COLUMN: every search reads latency from that device's column of the "
+                                    "latency table (see --latency-table)")
+    b.add_argument("--latency-table", help="the CSV table of --device (default: the space's, 14 devices)")
+    b.add_argument("--latency", help="latency limit of every search: e.g. 5ms, or pNN, the NN-th percentile of the "
+                                     "device's column (p25)")
+    b.add_argument("--objective", default="accuracy", help="accuracy, or accuracy,latency (needs --device): "
+                                                           "scores each search's front by its hypervolume")
     b.add_argument("--results", default="bench/RESULTS.md", help="the Markdown file whose section is rewritten")
     b.set_defaults(func=cmd_bench)
 

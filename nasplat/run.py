@@ -67,6 +67,10 @@ class SearchConfig:
     objectives: list[str] = field(default_factory=lambda: ["accuracy"])  # accuracy first; then costs to minimise
     latency: dict[str, Any] | None = None  # the latency Protocol, where a constraint or an objective needs it
     lut: str | None = None  # a latency lookup table (nasplat latency build-lut) to reject by before training
+    # latency read, not measured: a device's column of a latency table ({"column": ..., "path": ... or None for
+    # the default}, --device table:COLUMN), or a predictor fitted by `nasplat latency fit` (--predictor)
+    device_table: dict[str, Any] | None = None
+    predictor: str | None = None
     runner: str = "local"  # local: trials one at a time in this process; ray: on Ray Tune, in parallel
     workers: int | None = None  # ray: trials at a time (None: as many as the CPUs allow at cpus_per_trial)
     ray_address: str | None = None  # ray: join this cluster (auto, host:port, ray://host:port); None: start one
@@ -83,7 +87,17 @@ class SearchConfig:
         if self.trials is None and self.budget is None and self.timeout is None:
             raise ValueError("a search without a number of trials needs a --budget or a --timeout to end it")
         self.objectives = list(check_objectives(self.objectives))
-        if self.latency is None and self.needs_latency:
+        read = [flag for flag, given in (("--device table:", self.device_table), ("--predictor", self.predictor))
+                if given]
+        if len(read) > 1:
+            raise ValueError("--device table:COLUMN and --predictor are two latency sources: give one")
+        if read and (self.latency is not None or self.lut is not None):
+            raise ValueError(f"{read[0]} gives latency without measuring it: it takes no --runtime, --latency-batch, "
+                             f"--latency-threads or --lut")
+        if read and not self.needs_latency:
+            raise ValueError(f"{read[0]} is a latency source, but nothing asks for latency: add a limit "
+                             f"(--latency 5ms) or --objective accuracy,latency")
+        if self.latency is None and self.needs_latency and not read:
             self.latency = Protocol().to_dict()
         if self.latency is not None:
             self.latency = Protocol.from_dict(self.latency).to_dict()  # checks the device and runtime

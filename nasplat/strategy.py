@@ -1,9 +1,10 @@
 """Trial, Result and the ask/tell Strategy base of multi-trial search."""
 from __future__ import annotations
 
+import logging
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -14,6 +15,10 @@ if TYPE_CHECKING:
     from .constraints import Constraint
     from .cost import CostModel
     from .space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+MAX_DRAWS = 1000  # proposals a strategy redraws while a free check finds them infeasible
 
 # objective -> whether it is maximised; costs (the metrics of constraints) are minimised
 OBJECTIVES: dict[str, bool] = {"accuracy": True, "latency": False, "macs": False, "params": False}
@@ -111,6 +116,7 @@ class Strategy(ABC):
         self.initial = [dict(p) for p in initial]
         self.rng = random.Random(seed)
         self.next_id = 0
+        self._checked: dict[str, dict[str, float]] = {}  # architecture key -> violations (free checks only)
 
     @classmethod
     def takes(cls, objectives: Sequence[str]) -> tuple[str, ...]:
@@ -133,9 +139,47 @@ class Strategy(ABC):
 
     def _trial(self, params: Mapping[str, Any]) -> Trial:
         """A new trial for searched parameter values, completed into an Arch by the space."""
-        trial = Trial(self.next_id, self.space.complete(params, constraints=self.constraints, costs=self.costs))
+        trial = Trial(self.next_id, self._complete(params))
         self.next_id += 1
         return trial
+
+    def _complete(self, params: Mapping[str, Any]) -> Arch:
+        return self.space.complete(params, constraints=self.constraints, costs=self.costs)
+
+    @property
+    def checks_free(self) -> bool:
+        """Whether the constraints can be checked at no cost before proposing (MACs, a device's table, a fitted
+        predictor); a latency measured on a device is checked by the runner, one trial at a time."""
+        return bool(self.constraints) and self.costs is not None and self.costs.free
+
+    def violations(self, params: Mapping[str, Any]) -> dict[str, float] | None:
+        """Per constraint, cost / limit - 1 (positive when broken) of `params` completed into an Arch, where
+        checking is free (`checks_free`); None where it would take a measurement. Cached by architecture key:
+        evolution and local search revisit neighbours, and a table's lookup is cheaper than a second model."""
+        if not self.checks_free:
+            return None
+        key = self._complete(params).key()
+        if key not in self._checked:
+            costs = self.costs(self.space, self._complete(params))  # type: ignore[misc]
+            self._checked[key] = {str(c): costs[c.metric] / c.limit - 1 for c in self.constraints}
+        return self._checked[key]
+
+    def feasible(self, params: Mapping[str, Any]) -> bool:
+        """Whether `params` meet the constraints as far as a free check can tell (True where it cannot)."""
+        found = self.violations(params)
+        return found is None or all(v <= 0 for v in found.values())
+
+    def _draw(self, propose: Callable[[], Mapping[str, Any]], *, what: str) -> dict[str, Any]:
+        """`propose()` again until it gives parameters that meet the constraints, where a free check can tell,
+        so that no trial is spent on an architecture known to be infeasible. After MAX_DRAWS infeasible ones it
+        warns and returns the last: the runner then records it as infeasible, as it would without the check."""
+        for _ in range(MAX_DRAWS):
+            params = dict(propose())
+            if self.feasible(params):
+                return params
+        log.warning("%s: %d %s in a row broke %s; evaluating the last one, which will be infeasible",
+                    self.name, MAX_DRAWS, what, ", ".join(map(str, self.constraints)))
+        return params
 
     def score(self, result: Result) -> float | None:
         """The maximised objective, None for infeasible or failed trials."""

@@ -8,6 +8,7 @@ authoritative record. A journal file rather than SQLite, because SQLite locks un
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,12 +21,17 @@ from optuna.trial import TrialState
 
 from nasplat.registry import register_strategy
 from nasplat.space import Choice, FloatRange, IntRange, Param
-from nasplat.strategy import OBJECTIVES, Result, Strategy, Trial
+from nasplat.strategy import MAX_DRAWS, OBJECTIVES, Result, Strategy, Trial
 
 if TYPE_CHECKING:
     from nasplat.space import SearchSpace
 
+log = logging.getLogger(__name__)
+
 STUDY_NAME = "nasplat"
+# journal: Optuna's JournalStorage in the run directory; every write is fsynced under a lock file, which costs
+# more than a table lookup, so searches that are cheap to redo (a benchmark's) keep the study in memory
+STORAGES = ("journal", "memory")
 JOURNAL_FILE = "optuna.journal"
 
 # name -> sampler for a seed. TPE is multivariate: NAS parameters interact (depth with width, kernel with
@@ -62,20 +68,28 @@ def _distribution(param: Param) -> BaseDistribution:
 
 @register_strategy("bayesian")
 class BayesianSearch(Strategy):
-    """Model-based search on an Optuna study; `sampler` is one of tpe, gp, cmaes, nsga2, random.
+    """Model-based search on an Optuna study; `sampler` is one of tpe, gp, cmaes, nsga2, random; `storage`
+    journal (the study in the run directory) or memory.
 
     The searched parameters are declared to Optuna up front (`study.ask(fixed_distributions)`), as CMA-ES
     and the GP need a fixed space. `initial` points are enqueued and asked first; one may fix only some
     parameters, and the sampler chooses the rest. The sampler is rebuilt for each ask, seeded from the
     strategy's RNG: what it proposes then depends only on that RNG, which `state()` saves, and on the trials
     in the study, so a resumed search asks what the uninterrupted one would have. `study` is the Optuna study.
+
+    Where the constraints are free to check (MACs, a device's table, a fitted predictor), a proposal that
+    breaks them is told to Optuna as infeasible at once (`_reject`) and the sampler asked again: it samples
+    within the constraints and learns their boundary, and no trial is spent outside it.
     """
 
     multi_objective = True
 
-    def __init__(self, space: SearchSpace, *, sampler: str = "tpe", **common: Any):
+    def __init__(self, space: SearchSpace, *, sampler: str = "tpe", storage: str = "journal", **common: Any):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+        if storage not in STORAGES:
+            raise ValueError(f"unknown storage {storage!r}; use journal (the study in the run directory, for "
+                             f"--resume and optuna-dashboard) or memory (faster; a killed search starts over)")
         super().__init__(space, **common)
         if len(self.objectives) > 1 and sampler in _SINGLE_OBJECTIVE:
             raise ValueError(f"sampler {sampler!r} optimises one objective; for --objective "
@@ -88,7 +102,8 @@ class BayesianSearch(Strategy):
             for name, value in point.items():
                 if name in self._params and not self._params[name].contains(value):
                     raise ValueError(f"initial point {point}: {name}={value!r} lies outside {self._params[name]}")
-        if workdir is None:
+        self.storage = storage
+        if workdir is None or storage == "memory":
             self._storage: optuna.storages.BaseStorage = optuna.storages.InMemoryStorage()
         else:
             Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -105,13 +120,33 @@ class BayesianSearch(Strategy):
             point = self.initial.pop(0)
             self.study.enqueue_trial({name: _label(value) if isinstance(self._params[name], Choice) else value
                                       for name, value in point.items() if name in self._params})
-        self.study.sampler = SAMPLERS[self.sampler_name](self.rng.getrandbits(32))
-        asked = self.study.ask(self._distributions)
-        trial = self._trial({name: self._decode(name, value) for name, value in asked.params.items()})
+        for _ in range(MAX_DRAWS):
+            self.study.sampler = SAMPLERS[self.sampler_name](self.rng.getrandbits(32))
+            asked = self.study.ask(self._distributions)
+            params = {name: self._decode(name, value) for name, value in asked.params.items()}
+            violations = self.violations(params)
+            if violations is None or all(v <= 0 for v in violations.values()):
+                break
+            self._reject(asked, violations)
+        else:
+            log.warning("bayesian: %d proposals in a row broke %s; evaluating the last one, which will be "
+                        "infeasible", MAX_DRAWS, ", ".join(map(str, self.constraints)))
+        trial = self._trial(params)
         asked.set_user_attr("nasplat_trial", trial.id)
         asked.set_user_attr("arch", trial.arch.to_json())
         self._numbers[trial.id] = asked.number
         return trial
+
+    def _reject(self, asked: optuna.trial.Trial, violations: Mapping[str, float]) -> None:
+        """Tells Optuna a proposal that a free check found infeasible, as `tell` tells an infeasible trial
+        (its constraint values and a penalty), without making it a trial: the sampler learns where the
+        infeasible region lies, and the search spends nothing on it."""
+        asked.set_user_attr("result", Result("infeasible", {}, "rejected by a free check before it was asked")
+                            .to_dict())
+        if self.sampler_name not in _IGNORE_CONSTRAINTS:
+            for key, violation in violations.items():
+                asked.set_constraint(key, violation)
+        self.study.tell(asked, self._penalty(violations))
 
     def tell(self, trial: Trial, result: Result) -> None:
         """ok: its score. failed: Optuna's FAIL, which the samplers skip. infeasible: told as complete, with
@@ -153,8 +188,9 @@ class BayesianSearch(Strategy):
         runner's save) are marked FAIL: nasplat never saw them, and the restored RNG asks for them again.
         Trials in flight at the snapshot stay RUNNING: the runner reruns them with the same Arch and tells them.
         """
-        if self.workdir is None:
-            raise ValueError("the bayesian strategy resumes from its study on disk: construct it with a workdir")
+        if self.workdir is None or self.storage == "memory":
+            raise ValueError("the bayesian strategy resumes from its study on disk: this search kept it in memory "
+                             "(storage=memory, or no run directory), so it cannot resume; start it again")
         super().restore(state)
         self._numbers = {int(trial_id): int(number) for trial_id, number in state["in_flight"]}
         known = set(self._numbers.values())

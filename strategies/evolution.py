@@ -60,10 +60,12 @@ class RegularizedEvolution(_MutationStrategy):
     def ask(self) -> Trial:
         if self.initial or self.sampled < self.population_size or not self.population:
             self.sampled += 1
-            return self._trial(self.initial.pop(0) if self.initial else self.space.sample(self.rng))
+            if self.initial:
+                return self._trial(self.initial.pop(0))
+            return self._trial(self._draw(lambda: self.space.sample(self.rng), what="random samples"))
         drawn = self.rng.sample(range(len(self.population)), min(self.tournament, len(self.population)))
-        parent = max(drawn, key=lambda i: self.population[i][1])  # the first drawn of equal scores
-        return self._trial(self.space.mutate(self.population[parent][0], self.rng))
+        parent = self.population[max(drawn, key=lambda i: self.population[i][1])][0]  # first drawn of equal scores
+        return self._trial(self._draw(lambda: self.space.mutate(parent, self.rng), what="children"))
 
     def tell(self, trial: Trial, result: Result) -> None:
         score = self.score(result)
@@ -96,7 +98,8 @@ class LocalSearch(_MutationStrategy):
     them. Scores are remembered, so a neighbour evaluated before is not asked again. Initial points are
     evaluated first and the best of them starts the first climb. With trials in flight, an ask that would
     have to wait for results (the neighbourhood is all asked, or the start is not back yet) gets a random
-    architecture.
+    architecture. Where the constraints are free to check, the climb moves among feasible neighbours only,
+    and starts are drawn feasible.
     """
 
     def __init__(self, space: SearchSpace, *, samples: int = 8, **common: Any):
@@ -126,14 +129,17 @@ class LocalSearch(_MutationStrategy):
             self.starts.append(self._key(self.initial.pop(0)))
             return self.starts[-1], "start"
         if self.centre is None and not self.starts:
-            self.starts.append(self._key(self.space.sample(self.rng)))
+            self.starts.append(self._key(self._sample()))
             return self.starts[-1], "start"
         asked = {key for _, key in self.in_flight.values()}
         while self.centre is not None and self.queue:
             key = self.queue.pop(0)
             if key not in self.scores and key not in asked:
                 return key, "neighbour"
-        return self._key(self.space.sample(self.rng)), "filler"
+        return self._key(self._sample()), "filler"
+
+    def _sample(self) -> Params:
+        return self._draw(lambda: self.space.sample(self.rng), what="random samples")
 
     def tell(self, trial: Trial, result: Result) -> None:
         score = self.score(result)
@@ -176,7 +182,7 @@ class LocalSearch(_MutationStrategy):
         self.centre = (params, centre[1])
         found = self.space.neighbours(params)
         self.neighbourhood = [self._key(p) for p in found] if found is not None else self._sampled_neighbours(params)
-        self.queue = [key for key in self.neighbourhood if key not in self.scores]
+        self.queue = [key for key in self.neighbourhood if key not in self.scores and self.feasible(self._params(key))]
 
     def _sampled_neighbours(self, params: Params) -> list[str]:
         """`samples` distinct mutations of `params` (fewer where the space has fewer within reach)."""

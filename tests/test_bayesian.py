@@ -181,10 +181,14 @@ def test_resume_fails_the_trial_asked_after_the_last_snapshot(tmp_path: Path) ->
     assert resumed.next_id == 16 and len(resumed.study.trials) == 17
 
 
-def test_restore_needs_the_study_on_disk() -> None:
-    strategy = BayesianSearch(Toy())
-    with pytest.raises(ValueError, match="workdir"):
+@pytest.mark.parametrize("options", [{}, {"storage": "memory"}])
+def test_restore_needs_the_study_on_disk(tmp_path, options) -> None:
+    """Without a run directory, or with the study kept in memory, there is nothing to resume from."""
+    strategy = BayesianSearch(Toy(), workdir=tmp_path if options else None, **options)
+    strategy.ask()
+    with pytest.raises(ValueError, match="cannot resume"):
         strategy.restore(strategy.state())
+    assert not (tmp_path / "optuna.journal").exists()
 
 
 def test_telling_a_trial_not_in_flight_is_an_error() -> None:

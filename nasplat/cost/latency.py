@@ -324,28 +324,48 @@ def clear_cache() -> None:
 
 @dataclass
 class LatencyPlan:
-    """How a search learns an architecture's latency: predicted by a lookup table before training, where
-    one is given, and always measured on the protocol's device for the architectures it trains.
+    """How a search learns an architecture's latency, in ms. Three forms:
 
-    The table's predictions are corrected by what the search measures (`observe`): scaled by the 75th
-    percentile of the measured/predicted ratios so far (their largest while there are fewer than 4). A table
-    is a snapshot of a machine whose speed drifts, and a width solved to the predicted limit would otherwise
-    be trained only to fail its measured check about half the time; the upper quantile leaves a margin.
+    - `protocol` alone: measured on the protocol's device, before training;
+    - `protocol` and a `predictor` (a lookup table): predicted before training, corrected by what the search
+      measures (`observe`), and measured on the device for the architectures it trains, which has the last
+      word. The correction scales predictions by the 75th percentile of the measured/predicted ratios so far
+      (their largest while there are fewer than 4): a table is a snapshot of a machine whose speed drifts,
+      and a width solved to the predicted limit would otherwise be trained only to fail its measured check
+      about half the time; the upper quantile leaves a margin;
+    - a `predictor` alone (a device's column of a latency table, or a predictor fitted from a few
+      measurements of a device nasplat cannot reach): its figure is final, and `free` to ask, so strategies
+      may check a latency limit before they propose.
     """
 
-    protocol: Protocol
-    table: Any = None  # a nasplat.cost.lut.LatencyTable, or None
+    protocol: Protocol | None
+    predictor: Any = None  # anything with predict(space, arch) -> ms: a LatencyTable, DeviceTable, LatencyPredictor
     ratios: list[float] = field(default_factory=list)  # measured / predicted, as observed
 
+    def __post_init__(self) -> None:
+        if self.protocol is None and self.predictor is None:
+            raise ValueError("a latency plan needs a protocol to measure by, a predictor, or both")
+
+    @property
+    def free(self) -> bool:
+        """Whether a figure costs nothing to get: no device measures it."""
+        return self.protocol is None
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether trained architectures are measured after a prediction admitted them."""
+        return self.protocol is not None and self.predictor is not None
+
     def estimate(self, space: SearchSpace, arch: Arch) -> float:
-        """The figure known before training, in ms: the table's corrected prediction, else a measurement."""
-        if self.table is None:
+        """The figure known before training, in ms: the predictor's (corrected where a measurement confirms
+        it), else a measurement."""
+        if self.predictor is None:
             return self.measure(space, arch)
         return self.predicted(space, arch) * self.correction
 
     def predicted(self, space: SearchSpace, arch: Arch) -> float:
-        """The table's own prediction, in ms, before any correction."""
-        return float(self.table.predict(space, arch))
+        """The predictor's own figure, in ms, before any correction."""
+        return float(self.predictor.predict(space, arch))
 
     @property
     def correction(self) -> float:
@@ -356,10 +376,12 @@ class LatencyPlan:
         return statistics.quantiles(self.ratios, n=4)[2]
 
     def observe(self, metrics: Mapping[str, float]) -> None:
-        """Learns from a result that carries both the table's own prediction and a measurement (a no-op
+        """Learns from a result that carries both the predictor's own figure and a measurement (a no-op
         otherwise)."""
-        if self.table is not None and metrics.get("latency_predicted") and "latency" in metrics:
+        if self.confirmed and metrics.get("latency_predicted") and "latency" in metrics:
             self.ratios.append(float(metrics["latency"]) / float(metrics["latency_predicted"]))
 
     def measure(self, space: SearchSpace, arch: Arch) -> float:
+        if self.protocol is None:
+            raise ValueError("this latency plan has no device to measure on; its predictor's figure is final")
         return measure_arch(space, arch, protocol=self.protocol).ms

@@ -5,12 +5,14 @@ import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..arch import Arch
 from ..cost import CostModel
 from ..cost.latency import LatencyPlan, Protocol, fingerprint
 from ..registry import SPACES, STRATEGIES, TASKS, Registry
+from ..tasks.base import TabularTask
 
 COST_METRICS = ("macs", "params", "fp_macs", "bops", "size_bits", "latency", "latency_predicted")  # what a bundle's "costs" hold
 
@@ -19,9 +21,10 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..run import RunDir, SearchConfig
+    from ..cost.device_table import DeviceTable
     from ..space import SearchSpace
     from ..strategy import Result, Strategy, Trial
-    from ..tasks.base import TabularTask, Task
+    from ..tasks.base import Task
 
 
 @dataclass
@@ -34,11 +37,25 @@ class Components:
 
 
 def build_costs(config: SearchConfig, space: SearchSpace) -> CostModel:
-    """The search's cost model: fvcore MACs and params, and latency on the configured device where a
-    constraint or an objective needs it (predicted by --lut before training, after a check that the table
-    was made on this kind of device)."""
+    """The search's cost model: fvcore MACs and params (left out for a task answered from a table where
+    nothing asks for them), and latency where a constraint or an objective needs it: measured on the
+    configured device (predicted by --lut before training, after a check that the table was made on this kind
+    of device), or read from a device's table column or a fitted predictor."""
+    counts = not _tabular(config, space) or bool({"macs", "params"} & ({c.metric for c in config.constraints}
+                                                                       | set(config.objectives)))
+    if config.device_table is not None:
+        device = device_table(space, column=config.device_table["column"], path=config.device_table.get("path"),
+                              task=config.task, task_options=config.task_options)
+        device.check_space(space)
+        return CostModel(latency=LatencyPlan(None, device), counts=counts)
+    if config.predictor is not None:
+        from ..cost.predictor import LatencyPredictor
+
+        predictor = LatencyPredictor.load(config.predictor)
+        predictor.check_space(space)
+        return CostModel(latency=LatencyPlan(None, predictor), counts=counts)
     if config.latency is None:
-        return CostModel()
+        return CostModel(counts=counts)
     protocol = Protocol.from_dict(config.latency)
     table = None
     if config.lut:
@@ -50,7 +67,27 @@ def build_costs(config: SearchConfig, space: SearchSpace) -> CostModel:
         table.calibration  # noqa: B018 - an unfinished build raises here, before the search starts
     elif not protocol.remote:
         fingerprint(protocol)  # fails now, with one line, for a device this machine lacks (cuda without a GPU)
-    return CostModel(latency=LatencyPlan(protocol, table))
+    return CostModel(latency=LatencyPlan(protocol, table), counts=counts)
+
+
+def _tabular(config: SearchConfig, space: SearchSpace) -> bool:
+    return issubclass(TASKS.get(config.task or space.default_task), TabularTask)
+
+
+def device_table(space: SearchSpace, *, column: str, path: str | Path | None = None, task: str | None = None,
+                 task_options: Mapping[str, Any] | None = None) -> DeviceTable:
+    """The device of `--device table:COLUMN`: that column of `path` (--latency-table), by default of the table
+    the search answers from where it has the column, else of the latency table the space ships."""
+    from ..cost.device_table import DeviceTable, default_table
+
+    if path is None:
+        name = task or space.default_task
+        searched = None
+        if issubclass(TASKS.get(name), TabularTask):
+            defaults = space.default_task_options if name == space.default_task else {}
+            searched = getattr(create(TASKS, name, {**defaults, **(task_options or {})}), "table", None)
+        path = default_table(space, searched.path if searched is not None else None, column=column)
+    return DeviceTable.open(path, column)
 
 
 COMMON_OPTIONS = frozenset({"seed", "constraints", "initial", "workdir", "objectives", "costs"})  # set by the runner
@@ -164,17 +201,23 @@ def finish_best(run: RunDir, *, console: Console) -> None:
 
 
 def latency_record(comp: Components) -> dict[str, Any]:
-    """How the run's latencies are measured, for the journal's start event and the bundles: the protocol, the
-    fingerprint of the machine that measures (for a ray: device, the resource names it), and the table."""
+    """How the run's latencies are known, for the journal's start event and the bundles: the protocol and
+    the fingerprint of the machine that measures (for a ray: device, the resource names it), and the table
+    or predictor that predicts or gives them."""
     plan = comp.costs.latency
     if plan is None:
         return {}
-    record: dict[str, Any] = {"latency_protocol": plan.protocol.to_dict()}
-    if not plan.protocol.remote:
-        record["latency_fingerprint"] = fingerprint(plan.protocol)
-    if plan.table is not None:
-        record["latency_table"] = {"path": str(plan.table.path), "machine": plan.table.describe_machine(),
-                                   **{k: plan.table.calibration[k] for k in ("method", "scale", "offset_ms")}}
+    record: dict[str, Any] = {}
+    if plan.protocol is not None:
+        record["latency_protocol"] = plan.protocol.to_dict()
+        if not plan.protocol.remote:
+            record["latency_fingerprint"] = fingerprint(plan.protocol)
+    if plan.confirmed:
+        lut = plan.predictor
+        record["latency_table"] = {"path": str(lut.path), "machine": lut.describe_machine(),
+                                   **{k: lut.calibration[k] for k in ("method", "scale", "offset_ms")}}
+    elif plan.predictor is not None:
+        record["latency_source"] = plan.predictor.describe()
     return record
 
 

@@ -41,7 +41,7 @@ def _costs(space: SearchSpace, arch: Arch, constraints: Sequence[Constraint],
         return Result("failed", {}, f"cost measurement: {type(exc).__name__}: {exc}")
     broken = violations(constraints, costs)
     plan = cost_model.latency
-    if plan is not None and plan.table is not None:  # the estimate is the table's, corrected: keep both apart
+    if plan is not None and plan.confirmed:  # the estimate is the table's, corrected: keep both apart
         costs.pop("latency")
         costs["latency_predicted"] = plan.predicted(space, arch)
         broken = [f"predicted {b}" + (f" (table {format_ms(costs['latency_predicted'])} x {plan.correction:.3g}, "
@@ -54,7 +54,7 @@ def _confirm_latency(space: SearchSpace, arch: Arch, constraints: Sequence[Const
                      metrics: dict[str, float]) -> Result | None:
     """After training an Arch admitted by its predicted latency: its measured latency, which has the last
     word (None when it meets the constraints, else the infeasible Result, accuracy kept for the record)."""
-    if cost_model.latency is None or cost_model.latency.table is None:
+    if cost_model.latency is None or not cost_model.latency.confirmed:
         return None
     metrics["latency"] = cost_model.latency.measure(space, arch)
     broken = [f"measured {b} (predicted {format_ms(metrics['latency_predicted'])})"
