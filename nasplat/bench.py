@@ -83,11 +83,22 @@ class DeviceLatency:
         return {k: v for k, v in latencies.items() if self.limit is None or v <= self.limit}
 
 
+@dataclass(frozen=True)
+class BenchOutcome:
+    """A benchmark's figures: its table, each strategy's mean reported value, the references, and the mean
+    front hypervolume share per strategy (multi-objective benchmarks only)."""
+
+    table: str
+    means: dict[str, float]
+    references: dict[str, float]
+    fronts: dict[str, float] | None
+
+
 def run_benchmark(bench: Benchmark, *, strategies: Sequence[str], seeds: int, budget: float, out: Path,
                   task_options: Mapping[str, Any], epochs: int | None = None, results: Path,
                   latency: DeviceLatency | None = None, objectives: Sequence[str] = ("accuracy",),
-                  command: str | None = None, console: Console | None = None) -> str:
-    """Runs what is missing, then writes the plot and the results section; returns the section's table.
+                  command: str | None = None, console: Console | None = None) -> BenchOutcome:
+    """Runs what is missing, then writes the plot and the results section; returns its figures.
 
     With `latency`, every search reads latency from that device's table column, keeps to its limit, and the
     references are the table's feasible cells'; with `objectives` accuracy,latency, each search's returned
@@ -154,7 +165,12 @@ def run_benchmark(bench: Benchmark, *, strategies: Sequence[str], seeds: int, bu
                     references=references, latency=latency, fronts=fronts)
     write_section(title, body, path=results, command=command or _command(bench, strategies, seeds, budget, out,
                                                                          task_options, epochs, latency, objectives))
-    return table
+    column = report[0] if report else "signal"
+    done = {name: [r for (s, _), r in records.items() if s == name and r["returned"]] for name in strategies}
+    means = {name: statistics.mean(r["returned"][column] for r in rs) for name, rs in done.items() if rs}
+    shares = None if fronts is None else {
+        name: statistics.mean(v for (s, _), v in fronts.items() if s == name) for name in strategies}
+    return BenchOutcome(table, means, references, shares)
 
 
 def _search(config: SearchConfig, settings: Mapping[str, Any], path: Path, *, console: Console) -> dict[str, Any]:

@@ -250,7 +250,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             budget=parse_time(args.budget, what="--budget"), out=Path(args.out),
                             task_options=options, epochs=args.epochs, results=Path(args.results),
                             latency=_bench_latency(args, bench, options), objectives=objectives, console=console)
-    print(summary)
+    print(summary.table)
     return 0
 
 

@@ -1,7 +1,10 @@
-"""`nasplat latency`: build a per-op latency lookup table on this machine, and check one against measurements.
+"""`nasplat latency`: lookup tables built on this machine, few-shot predictors of other devices, and the
+models to measure on a device that cannot run nasplat.
 
     nasplat latency build-lut tinynet [--device cpu] [--runtime torch] [--threads 1] [--batch 1] [--out FILE]
-    nasplat latency validate tinynet --lut FILE [-n 20] [--seed 0]
+    nasplat latency validate tinynet (--lut FILE | --predictor FILE) [--measured CSV] [-n 20] [--seed 0]
+    nasplat latency sample nasbench201 -n 20 --runtime onnxruntime --out DIR
+    nasplat latency fit nasbench201 --measured DIR/latency.csv --out PRED.json
 
 Wired into `nasplat.cli.build_parser` by `add_latency_parser(sub)`; bad input raises ValueError or
 LookupError with one line, which `nasplat.cli.main` prints as `nasplat: error: ...` with exit code 2.
@@ -36,12 +39,39 @@ def add_latency_parser(sub: Any) -> None:
                                                        "the command; the calibration architectures' ops are added)")
     b.set_defaults(func=cmd_build_lut)
 
-    v = cmds.add_parser("validate", help="measure random architectures whole and compare with a table's predictions")
-    v.add_argument("space", help="search space the table was built for")
-    v.add_argument("--lut", required=True, help="a table from `nasplat latency build-lut`")
-    v.add_argument("-n", type=_positive_int, default=20, help="architectures to measure (default 20)")
+    v = cmds.add_parser("validate", help="compare a table's or a predictor's figures with measurements: taken "
+                                         "here on random architectures, or read from --measured")
+    v.add_argument("space", help="search space the table or predictor was made for")
+    given = v.add_mutually_exclusive_group(required=True)
+    given.add_argument("--lut", help="a table from `nasplat latency build-lut`")
+    given.add_argument("--predictor", help="a predictor from `nasplat latency fit`")
+    v.add_argument("--measured", help="arch,latency_ms rows measured on the device (as `latency sample`'s script "
+                                      "writes them): compared without measuring here")
+    v.add_argument("-n", type=_positive_int, default=20, help="architectures to measure here (default 20)")
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(func=cmd_validate)
+
+    sa = cmds.add_parser("sample", help="write N diverse ONNX models, a manifest and a standalone timing script "
+                                        "(Python, numpy and onnxruntime only) to run on a device")
+    sa.add_argument("space", help="search space (see `nasplat list`)")
+    sa.add_argument("-n", type=_positive_int, default=20, help="models (default 20)")
+    sa.add_argument("--runtime", choices=["onnxruntime"], default="onnxruntime", help="what runs them on the device")
+    sa.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
+    sa.add_argument("--threads", type=_positive_int, default=1, help="the script's default CPU threads (default 1)")
+    sa.add_argument("--flops", help="MAC budget the sampled architectures keep to (spaces that solve a parameter "
+                                    "for it, as TinyNet's width)")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--out", required=True, help="the folder to copy to the device (resumable: rerun to finish)")
+    sa.set_defaults(func=cmd_sample)
+
+    f = cmds.add_parser("fit", help="fit a device's latency predictor from a few measured architectures")
+    f.add_argument("space", help="search space (see `nasplat list`)")
+    f.add_argument("--measured", required=True, help="CSV of arch,latency_ms rows measured on the device")
+    f.add_argument("--reference", help="a latency table of other devices (tabular spaces; default the space's)")
+    f.add_argument("--lut", help="a lookup table of the space (spaces without a reference table, e.g. TinyNet)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", required=True, help="the predictor's JSON file, for search --predictor")
+    f.set_defaults(func=cmd_fit)
 
 
 def _warn_in_one_line(caught: list[warnings.WarningMessage]) -> None:
@@ -72,16 +102,32 @@ def cmd_build_lut(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .cost.lut import ACCURACY_BAND, LatencyTable, validate
+    from .cost.lut import ACCURACY_BAND, LatencyTable, score, validate
     from .registry import SPACES
     from .units import format_ms
 
     space = SPACES.create(args.space)
-    table = LatencyTable.load(args.lut)
-    table.check_space(space)
+    if args.lut:
+        source: Any = LatencyTable.load(args.lut)
+        source.check_space(space)
+        machine = source.describe_machine()
+    else:
+        from .cost.predictor import LatencyPredictor
+
+        source = LatencyPredictor.load(args.predictor)
+        source.check_space(space)
+        machine = f"predictor {args.predictor}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = validate(space, table, n=args.n, seed=args.seed)
+        if args.measured:
+            from .cost.predictor import read_measured
+
+            result = score(space, source, read_measured(space, args.measured))
+        elif args.lut:
+            result = validate(space, source, n=args.n, seed=args.seed)
+        else:
+            raise ValueError("--predictor is checked against measurements of its device: give --measured CSV "
+                             "(arch,latency_ms rows, as `nasplat latency sample`'s script writes them)")
     _warn_in_one_line(caught)
     for row in result["rows"]:
         print(f"{format_ms(row['predicted']):>9} predicted  {format_ms(row['measured']):>9} measured  "
@@ -90,7 +136,45 @@ def cmd_validate(args: argparse.Namespace) -> int:
     within = round(result["within"] * result["n"])
     print(f"within {band}: {result['within']:.0%} ({within} of {result['n']})")
     print(f"Spearman rank correlation: {result['spearman']:.3f}")
-    print(f"{args.lut}: {within} of {result['n']} random {space.name} architectures predicted within {band}, "
-          f"mean |error| {result['mean_abs_error']:.1%}, Spearman {result['spearman']:.3f} "
-          f"({table.describe_machine()})")
+    print(f"{args.lut or args.predictor}: {within} of {result['n']} {space.name} architectures predicted within "
+          f"{band}, mean |error| {result['mean_abs_error']:.1%}, Spearman {result['spearman']:.3f} ({machine})")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .cli import console
+    from .constraints import Constraint
+    from .cost.sample import write_sample
+    from .registry import SPACES
+
+    space = SPACES.create(args.space)
+    constraints = [Constraint.parse("macs", args.flops)] if args.flops else []
+    out = Path(args.out)
+    write_sample(space, args.n, out=out, runtime=args.runtime, batch=args.batch, threads=args.threads,
+                 seed=args.seed, constraints=constraints, progress=console)
+    print(f"{args.n} {space.name} models, their manifest and measure_latency.py are in {out}/")
+    print(f"on the device: python measure_latency.py   (needs Python, numpy and onnxruntime; writes latency.csv)")
+    print(f"then here:     nasplat latency fit {space.name} --measured {out}/latency.csv --out PRED.json")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .cost.predictor import fit_predictor, read_measured
+    from .registry import SPACES
+
+    space = SPACES.create(args.space)
+    measured = read_measured(space, args.measured)
+    lut = None
+    if args.lut:
+        from .cost.lut import LatencyTable
+
+        lut = LatencyTable.load(args.lut)
+        lut.check_space(space)
+    predictor = fit_predictor(space, measured, reference=Path(args.reference) if args.reference else None, lut=lut,
+                              seed=args.seed)
+    out = Path(args.out)
+    predictor.save(out)
+    described = predictor.describe()
+    print(f"fitted on {len(measured)} measured {space.name} architectures: {described.get('method')} -> {out}")
+    print(f"search with it: nasplat search {space.name} --predictor {out} --latency LIMIT")
     return 0

@@ -401,23 +401,26 @@ class LatencyTable:
 def validate(space: SearchSpace, table: LatencyTable, *, n: int = 20, seed: int = 0,
              protocol: Protocol | None = None) -> dict[str, Any]:
     """Measures `n` random architectures whole (with `protocol`, by default the table's; never the
-    calibration's architectures) and compares them with the table's predictions.
-
-    Returns {"n", "within": share with |predicted / measured - 1| <= 10%, "spearman": rank correlation,
-    "mean_abs_error": mean |relative error|, "rows": [{"arch", "predicted", "measured", "error"}]}.
-    """
-    from scipy.stats import spearmanr
-
+    calibration's architectures) and compares them with the table's predictions (`score`)."""
     protocol = protocol or table.protocol
     table.check_space(space)
     table.check(protocol)
     table.calibration  # noqa: B018  (an unfinished table fails here, before any measuring)
+    return score(space, table, [(arch, measure_arch(space, arch, protocol=protocol).ms)
+                                for arch in random_archs(space, n, seed=f"validate-{seed}")])
+
+
+def score(space: SearchSpace, predictor: Any, measured: Iterable[tuple[Arch, float]]) -> dict[str, Any]:
+    """How well `predictor.predict(space, arch)` matches measured (arch, ms) pairs: {"n", "within": share with
+    |predicted / measured - 1| <= 10%, "spearman": rank correlation, "mean_abs_error": mean |relative error|,
+    "rows": [{"arch", "describe", "predicted", "measured", "error"}]}."""
+    from scipy.stats import spearmanr
+
     rows = []
-    for arch in random_archs(space, n, seed=f"validate-{seed}"):
-        predicted = table.predict(space, arch)
-        measured = measure_arch(space, arch, protocol=protocol).ms
+    for arch, ms in measured:
+        predicted = float(predictor.predict(space, arch))
         rows.append({"arch": arch.to_json(), "describe": space.describe(arch), "predicted": predicted,
-                     "measured": measured, "error": predicted / measured - 1})
+                     "measured": ms, "error": predicted / ms - 1})
     errors = [abs(r["error"]) for r in rows]
     rho = float(spearmanr([r["predicted"] for r in rows], [r["measured"] for r in rows]).statistic) \
         if len(rows) > 1 else math.nan
