@@ -48,11 +48,6 @@ MANIFEST = "manifest.json"
 SCRIPT = "measure_latency.py"
 README = "README.txt"
 MODELS = "models"
-# onnxruntime's outputs may differ from PyTorch's by TOLERANCE times the largest output (at least 1), and by
-# RELATIVE_TOLERANCE of it: untrained NAS-Bench-201 cells of skip connections output up to ~1e3 (float32 then
-# differs by ~3e-4), untrained TinyNets ~1e-13 (where 1e-4 alone would check nothing)
-TOLERANCE = 1e-4
-RELATIVE_TOLERANCE = 1e-3
 SCRIPT_SOURCE = Path(__file__).with_name("measure_onnx.py")
 
 Progress = Callable[[str], None]
@@ -157,13 +152,15 @@ def _ignores_input(space: SearchSpace, arch: Arch) -> bool:
     at all, whose time says nothing about the ops the predictor is fitted on."""
     import torch
 
+    from ..export import leaves
+
     shape = space.target(arch).input_shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = space.build(arch, num_classes=space.target(arch).num_classes).eval()
         inputs = torch.randn((2, *shape)).unbind(0)
         with torch.no_grad():
-            first, second = (_leaves(model(x)) for x in inputs)
+            first, second = (leaves(model(x)) for x in inputs)
     return all(torch.equal(a, b) for a, b in zip(first, second))
 
 
@@ -346,11 +343,11 @@ def _export(model: nn.Module, path: Path, shape: tuple[int, ...]) -> dict[str, A
     nasplat's dynamo export (`write_onnx`, with a dynamic batch axis)."""
     import torch
 
-    from ..export import ONNX_OPSET, write_onnx
+    from ..export import ONNX_OPSET, leaves, write_onnx
 
     x = torch.zeros(shape)
     with torch.no_grad():
-        count = len(_leaves(model(x)))
+        count = len(leaves(model(x)))
     outputs = ["output"] if count == 1 else [f"output{i}" for i in range(count)]
     try:
         torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"], output_names=outputs,
@@ -368,9 +365,11 @@ def _check(model: nn.Module, path: Path, shape: tuple[int, ...], *, final: Path)
     import onnxruntime
     import torch
 
+    from ..export import allowed_difference, leaves
+
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        reference = [t.numpy() for t in _leaves(model(x))]
+        reference = [t.numpy() for t in leaves(model(x))]
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     output = session.run(None, {node.name: x.numpy() for node in session.get_inputs()[:1]})
     if [o.shape for o in output] != [r.shape for r in reference]:
@@ -378,18 +377,11 @@ def _check(model: nn.Module, path: Path, shape: tuple[int, ...], *, final: Path)
                          f"{[r.shape for r in reference]}; the export is wrong and was not written")
     diff = max(float(np.abs(o - r).max()) if r.size else 0.0 for o, r in zip(output, reference))
     scale = max(float(np.abs(r).max()) if r.size else 0.0 for r in reference)
-    allowed = min(TOLERANCE * max(1.0, scale), RELATIVE_TOLERANCE * scale)
-    if not (diff <= allowed or diff == 0.0):  # NaN fails too
+    allowed = allowed_difference([torch.from_numpy(r) for r in reference])
+    if not diff <= allowed:  # NaN fails too
         raise ValueError(f"{final} differs from PyTorch by {diff:.3g} (max abs; largest output {scale:.3g}, "
                          f"allowed {allowed:.3g}); the export is wrong and was not written")
     return {"max_abs_diff": diff, "max_abs_output": scale}
-
-
-def _leaves(output: Any) -> list[Any]:
-    """The tensors of a model's output, in order (detection heads return tuples)."""
-    if isinstance(output, (tuple, list)):
-        return [t for item in output for t in _leaves(item)]
-    return [output]
 
 
 def _readme(space: SearchSpace, n: int, manifest: dict[str, Any]) -> str:
