@@ -9,6 +9,8 @@ there, so a killed run resumes; --fresh redoes them):
   same for a naive figure (the median of 30 back-to-back runs) taken in the same loop.
 - lut: `nasplat latency build-lut tinynet` then `nasplat latency validate` on 50 random architectures: the
   share predicted within +-10% and the Spearman rank correlation.
+- predictor: the few-shot predictor fitted on 20 TinyNet models measured whole plus the lut stage's table,
+  scored on 50 others against the same 50 measured a second time (the machine's own noise).
 - drift: 20 more architectures measured whole, each followed at once by the calibrated sum of its units
   timed afresh: how much of the table's error is the method's and how much the machine's drift since the build.
 - search: `nasplat search tinynet --latency LIMIT --lut TABLE --trials 8` and the best architecture's latency
@@ -164,6 +166,66 @@ def lut_section(data: dict, device: str) -> str:
     ])
 
 
+FIT, HELD_OUT = 20, 50  # predictor stage: models it is fitted on, models it is scored on
+
+
+def _measure_pass(space, archs, protocol: Protocol, path: Path) -> list[float]:  # noqa: ANN001
+    """Each architecture measured whole, afresh (no cache), in order; saved after each, so a killed pass resumes."""
+    done = json.loads(path.read_text()) if path.exists() else []
+    for arch in archs[len(done):]:
+        clear_cache()
+        done.append(measure_arch(space, arch, protocol=protocol).ms)
+        path.write_text(json.dumps(done))
+        print(f"{path.stem}: {len(done)}/{len(archs)} {done[-1]:.3f} ms", flush=True)
+    return done
+
+
+def predictor_stage(device: str, out: Path) -> dict:
+    """The few-shot predictor on TinyNet here: fitted on FIT models measured whole plus the lookup table (the
+    lut stage's), scored on HELD_OUT other models against this machine's own noise: the same models measured
+    whole a second time, after the first pass (minutes apart)."""
+    from nasplat.cost.lut import LatencyTable, random_archs
+    from nasplat.cost.predictor import fit_predictor
+
+    space = SPACES.create("tinynet")
+    protocol = Protocol(device=device)
+    table = LatencyTable.load(out / "tinynet-lut.json")
+    fit_archs = random_archs(space, FIT, seed="predictor-fit")
+    test_archs = random_archs(space, HELD_OUT, seed="predictor-held-out")
+    fit_ms = _measure_pass(space, fit_archs, protocol, out / "predictor-fit.json")
+    first = _measure_pass(space, test_archs, protocol, out / "predictor-first.json")
+    second = _measure_pass(space, test_archs, protocol, out / "predictor-second.json")
+    predictor = fit_predictor(space, list(zip(fit_archs, fit_ms)), lut=table)
+    predicted = [predictor.predict(space, a) for a in test_archs]
+    lut_only = [table.predict(space, a) for a in test_archs]
+    return {"fit": FIT, "held_out": HELD_OUT, "method": predictor.describe().get("method"),
+            "first": first, "second": second, "predicted": predicted, "lut": lut_only}
+
+
+def predictor_section(data: dict) -> str:
+    first, second = data["first"], data["second"]
+
+    def errors(values: list[float]) -> list[float]:
+        return [abs(v / m - 1) for v, m in zip(values, first)]
+
+    noise = statistics.median(errors(second))
+    rows = [("predictor (fit on {fit} models + the table)".format(**data), errors(data["predicted"])),
+            ("the table alone (calibrated sum)", errors(data["lut"])),
+            ("a second whole measurement, minutes later", errors(second))]
+    lines = ["| against the first measurement | median abs error | within +-10% |", "|---|---|---|"]
+    lines += [f"| {name} | {statistics.median(e):.1%} | {sum(x <= 0.1 for x in e) / len(e):.0%} |" for name, e in rows]
+    ratio = statistics.median(rows[0][1]) / noise
+    return "\n".join([
+        f"TinyNet on this CPU (torch eager, 1 thread, batch 1): the few-shot predictor (`nasplat latency fit "
+        f"tinynet --lut TABLE`, method {data['method']}) fitted on {data['fit']} random architectures measured "
+        f"whole, scored on {data['held_out']} others measured whole twice, one pass after the other. Ground truth "
+        f"here moves from minute to minute, so the score is against the machine's own noise: the median "
+        f"difference between the two measurements of the same models.", "", *lines, "",
+        f"Predictor median error / measurement noise: **{ratio:.2f}** (goal <= 1.5: "
+        f"{'met' if ratio <= 1.5 else 'missed'}).",
+    ])
+
+
 def drift_stage(device: str, out: Path, n: int) -> dict:
     """Separates the table's method error from the machine's drift: for each architecture, its whole latency
     and, right after, the calibrated sum of its units timed afresh; against the table's prediction."""
@@ -256,7 +318,7 @@ def search_section(data: dict, device: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--stages", default="repeat,lut,drift,search")
+    parser.add_argument("--stages", default="repeat,lut,predictor,drift,search")
     parser.add_argument("--runtimes", default="torch,onnxruntime")
     parser.add_argument("--validate", type=int, default=50, help="random architectures the table is checked on")
     parser.add_argument("--limit", default="4ms", help="the search's latency limit")
@@ -278,6 +340,9 @@ def main() -> None:
         data = _cached(out / "lut-ort.json", args.fresh,
                        lambda: lut_subset_stage(args.device, "onnxruntime", out, args.validate))
         write_section(f"Latency lookup table accuracy, ONNX Runtime {title}", lut_section(data, args.device))
+    if "predictor" in stages:
+        data = _cached(out / "predictor.json", args.fresh, lambda: predictor_stage(args.device, out))
+        write_section(f"Few-shot latency predictor: TinyNet on this machine ({args.device})", predictor_section(data))
     if "drift" in stages:
         data = _cached(out / "drift.json", args.fresh, lambda: drift_stage(args.device, out, 20))
         write_section(f"Latency lookup table: method error against machine drift {title}", drift_section(data))
