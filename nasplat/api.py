@@ -14,7 +14,8 @@ from .cost import CostModel, measure
 from .registry import STRATEGIES
 from .run import CONVERTED, RunDir, SearchConfig, default_trials
 from .runner.budget import check_budget
-from .runner.components import build_components, build_costs, build_task, check_options, create_space
+from .runner.components import build_components, build_costs, build_task, check_options, create_space, \
+    latency_limit
 from .runner.local import SearchOutcome, run_search
 from .space import SearchSpace
 from .units import parse_time
@@ -77,7 +78,8 @@ def start(config: SearchConfig, *, console: Console | None = None, sync: bool = 
 def search(space: str, *, strategy: str = "bayesian", flops: str | float | None = None,
            params: str | float | None = None, latency: str | float | None = None,
            objectives: Sequence[str] = ("accuracy",), latency_protocol: dict[str, Any] | None = None,
-           lut: str | Path | None = None, trials: int | None = None, epochs: int | None = None,
+           lut: str | Path | None = None, device_table: str | None = None, latency_table: str | Path | None = None,
+           predictor: str | Path | None = None, trials: int | None = None, epochs: int | None = None,
            timeout: float | None = None, budget: str | float | None = None, seed: int = 0,
            out: str | Path = "runs", task: str | None = None, data: str | None = None,
            initial: Sequence[dict[str, Any]] = (), strategy_options: dict[str, Any] | None = None,
@@ -89,12 +91,17 @@ def search(space: str, *, strategy: str = "bayesian", flops: str | float | None 
 
     `trials` defaults to 8, or, under a simulated `budget` ("12000s"), to as many as the budget allows.
     `latency` ("5ms") is measured as `latency_protocol` says (a nasplat.cost.latency.Protocol as a dict:
-    device, runtime, batch, threads; CPU, torch, batch 1, one thread by default). `runner="ray"` runs
+    device, runtime, batch, threads; CPU, torch, batch 1, one thread by default), or read: from the column
+    `device_table` of `latency_table` (as `--device table:COLUMN`; "p25" is then the column's 25th
+    percentile), or from a fitted `predictor` file (`nasplat latency fit`). `runner="ray"` runs
     `workers` trials at a time on Ray Tune (see nasplat.runner.ray), on a Ray instance started for the
     search or on the cluster at `ray_address`. `export` names best/'s conversions of the trained model
     ("torchscript", "onnx"; none: arch.json and the weights only)."""
-    constraints = [Constraint.parse(m, v) for m, v in (("macs", flops), ("params", params), ("latency", latency))
-                   if v is not None]
+    constraints = [Constraint.parse(m, v) for m, v in (("macs", flops), ("params", params)) if v is not None]
+    table = {"column": device_table, "path": str(latency_table) if latency_table else None} if device_table else None
+    if latency is not None:
+        constraints.append(latency_limit(latency, space=space, space_options=space_options, table=table, task=task,
+                                         task_options=task_options))
     seconds = parse_time(budget, what="budget") if budget is not None else None
     trials = trials if trials is not None else default_trials(strategy, budget=seconds)
     config = SearchConfig(space=space, strategy=strategy, task=task, constraints=constraints, trials=trials,
@@ -103,6 +110,7 @@ def search(space: str, *, strategy: str = "bayesian", flops: str | float | None 
                           space_options=dict(space_options or {}), strategy_options=dict(strategy_options or {}),
                           task_options={**(task_options or {}), **({"data": data} if data else {})},
                           objectives=list(objectives), latency=latency_protocol, lut=str(lut) if lut else None,
+                          device_table=table, predictor=str(predictor) if predictor else None,
                           runner=runner, workers=workers, ray_address=ray_address, scheduler=scheduler,
                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_retries=max_retries,
                           export=list(export))

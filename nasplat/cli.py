@@ -131,7 +131,10 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
     table = _device_table(args)
     constraints = [Constraint.parse(m, v) for m, v in (("macs", args.flops), ("params", args.params)) if v]
     if args.latency:
-        constraints.append(_latency_limit(args, table))
+        from .runner.components import latency_limit
+
+        constraints.append(latency_limit(args.latency, space=args.space, space_options=args.space_option, table=table,
+                                         task=args.task, task_options=args.task_option))
     objectives = [o.strip() for o in args.objective.split(",") if o.strip()]
     device = None if table else args.device
     protocol = {k: v for k, v in (("device", device), ("runtime", args.runtime), ("batch", args.latency_batch),
@@ -174,25 +177,6 @@ def _device_table(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.latency_table:
         raise UsageError("--latency-table is read by --device table:COLUMN: name the device's column too")
     return None
-
-
-def _latency_limit(args: argparse.Namespace, table: Mapping[str, Any] | None) -> Constraint:
-    """--latency 5ms, or pNN: the NN-th percentile of the device table's column."""
-    from .cost.device_table import parse_percentile
-
-    q = parse_percentile(args.latency)
-    if q is None:
-        return Constraint.parse("latency", args.latency)
-    if table is None:
-        raise UsageError(f"--latency {args.latency} is a percentile of a device's latency table: give --device "
-                         f"table:COLUMN too, or a limit in time units such as 5ms")
-    from .registry import SPACES
-    from .runner.components import device_table
-
-    space = SPACES.create(args.space, **args.space_option)
-    device = device_table(space, column=table["column"], path=table["path"], task=args.task,
-                          task_options=args.task_option)
-    return Constraint("latency", device.percentile(q))
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..run import RunDir, SearchConfig
+    from ..constraints import Constraint
     from ..cost.device_table import DeviceTable
     from ..space import SearchSpace
     from ..strategy import Result, Strategy, Trial
@@ -72,6 +73,25 @@ def build_costs(config: SearchConfig, space: SearchSpace) -> CostModel:
 
 def _tabular(config: SearchConfig, space: SearchSpace) -> bool:
     return issubclass(TASKS.get(config.task or space.default_task), TabularTask)
+
+
+def latency_limit(text: str | float, *, space: str, space_options: Mapping[str, Any] | None = None,
+                  table: Mapping[str, Any] | None = None, task: str | None = None,
+                  task_options: Mapping[str, Any] | None = None) -> Constraint:
+    """A latency limit as given: time ("5ms"), or "pNN", the NN-th percentile of the device table's column
+    (`table`: {"column", "path"}, as SearchConfig.device_table holds it)."""
+    from ..constraints import Constraint
+    from ..cost.device_table import parse_percentile
+
+    q = parse_percentile(text) if isinstance(text, str) else None
+    if q is None:
+        return Constraint.parse("latency", text)
+    if table is None:
+        raise ValueError(f"--latency {text} is a percentile of a device's latency table: give --device "
+                         f"table:COLUMN too, or a limit in time units such as 5ms")
+    found = device_table(create(SPACES, space, space_options or {}), column=table["column"], path=table.get("path"),
+                         task=task, task_options=task_options)
+    return Constraint("latency", found.percentile(q))
 
 
 def device_table(space: SearchSpace, *, column: str, path: str | Path | None = None, task: str | None = None,
