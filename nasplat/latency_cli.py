@@ -114,8 +114,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         from .cost.predictor import LatencyPredictor
 
-        source = LatencyPredictor.load(args.predictor)
-        source.check_space(space)
+        source = LatencyPredictor.load(args.predictor, space=space)
         machine = f"predictor {args.predictor}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

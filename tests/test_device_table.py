@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,10 @@ def test_without_the_check_random_search_would_have_drawn_infeasible_cells(tmp_p
     assert sum(device.predict(space, a) > limit for a in drawn) > 20
 
 
-@register_strategy("asks_in_order")
 class InOrder(Strategy):
-    """Asks its `cells` in turn, with no check of its own: what reaches the runner is the runner's to judge."""
+    """Asks its `cells` in turn, with no check of its own: what reaches the runner is the runner's to judge.
+    Registered by the test that uses it, not at import: test_ray_runner runs every strategy registered when
+    the test files are collected."""
 
     def __init__(self, space: NasBench201Space, *, cells: Sequence[str] = (), **kwargs: Any):
         super().__init__(space, **kwargs)
@@ -88,6 +90,7 @@ class InOrder(Strategy):
 
 def test_an_infeasible_query_is_never_charged(tmp_path):
     """A cell over the limit is rejected before the table is queried: no simulated time, no signal."""
+    register_strategy("asks_in_order")(InOrder)
     space = NasBench201Space()
     slow = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
     fast = "|skip_connect~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|none~2|"
@@ -218,3 +221,40 @@ def test_bench_under_a_device_limit_and_on_its_front(tmp_path):
     row = next(line for line in section.splitlines() if line.startswith("| random"))
     share = float(row.split("|")[6].split("±")[0])
     assert 0.5 < share <= 1.0
+
+
+def test_fit_a_predictor_then_search_and_validate_with_it_through_the_cli(tmp_path, capsys):
+    """A new device measured on 20 cells: `latency fit`, then a search whose latency source is the predictor
+    (every figure is the predictor's, none over the limit, best/ names it), then `latency validate`."""
+    import random
+
+    space = NasBench201Space()
+    gold = DeviceTable.open(SHIPPED_LATENCY, "lat_gold_6226")
+    rng = random.Random(1)
+    cells = [space.arch(space.sample(rng)) for _ in range(40)]
+
+    def device(arch):  # a device 1.7x slower than the Xeon with a fixed overhead: not a column of the table
+        return 1.7 * gold.predict(space, arch) + 0.8
+    for name, chosen in (("fit.csv", cells[:20]), ("more.csv", cells[20:])):
+        _write_table(tmp_path / name, [(space.to_text(a), device(a)) for a in chosen], header=("arch", "latency_ms"))
+    predictor = tmp_path / "board.json"
+    assert run_cli(["latency", "fit", "nasbench201", "--measured", str(tmp_path / "fit.csv"), "--out",
+                    str(predictor)]) == 0
+    assert run_cli(["latency", "validate", "nasbench201", "--predictor", str(predictor), "--measured",
+                    str(tmp_path / "more.csv")]) == 0
+    within = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("within"))
+    assert int(within.split("(")[1].split(" of")[0]) >= 16  # at least 16 of the 20 held-out cells within 10%
+    limit = statistics.median(device(a) for a in cells)
+    assert run_cli(["search", "nasbench201", "--strategy", "evolution", "--budget", "3000s", "--predictor",
+                    str(predictor), "--latency", f"{limit}ms", "--out", str(tmp_path / "runs")]) == 0
+    run = RunDir.open(next((tmp_path / "runs").iterdir()))
+    from nasplat.cost.predictor import LatencyPredictor
+
+    loaded = LatencyPredictor.load(predictor)
+    for event in _results(run):
+        assert event["status"] == "ok"
+        assert event["metrics"]["latency"] == pytest.approx(loaded.predict(space, space.arch(event["arch"]["params"])))
+        assert event["metrics"]["latency"] <= limit
+    best = json.loads((run.best / "arch.json").read_text())
+    assert best["latency"]["latency_source"]["kind"] == "predictor"
+    assert best["latency"]["latency_source"]["path"] == str(predictor)

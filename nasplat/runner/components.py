@@ -52,8 +52,7 @@ def build_costs(config: SearchConfig, space: SearchSpace) -> CostModel:
     if config.predictor is not None:
         from ..cost.predictor import LatencyPredictor
 
-        predictor = LatencyPredictor.load(config.predictor)
-        predictor.check_space(space)
+        predictor = LatencyPredictor.load(config.predictor, space=space)
         return CostModel(latency=LatencyPlan(None, predictor), counts=counts)
     if config.latency is None:
         return CostModel(counts=counts)
