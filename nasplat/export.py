@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from .arch import Arch
+from .files import sha256
 from .registry import SPACES
 from .space import Target
 
@@ -101,7 +101,7 @@ def export_bundle(model: nn.Module | None, arch: Arch, space: SearchSpace, *, ou
             "target": space.target(arch).to_dict(),
             "weights": {"input_shape": list(shape), "num_classes": int(num_classes), "trained": trained},
             "metrics": dict(metrics or {}),
-            "files": {FILES[f]: {"format": f, "sha256": _sha256(temps[f]), "bytes": temps[f].stat().st_size}
+            "files": {FILES[f]: {"format": f, "sha256": sha256(temps[f]), "bytes": temps[f].stat().st_size}
                       for f in wanted},
             "verified": verified,
             "nasplat_version": __version__,
@@ -207,7 +207,7 @@ def _read_weights(folder: Path, data: Mapping[str, Any], hint: str) -> dict[str,
                           f"weights; export it with --format weights or load it with target=True")
     if not path.is_file():
         raise BundleError(f"{path} is missing; {hint}")
-    if _sha256(path) != data["files"][name]["sha256"]:
+    if sha256(path) != data["files"][name]["sha256"]:
         raise BundleError(f"{path} does not match the checksum in {ARCH_FILE} (corrupted, or from another "
                           f"export); {hint}")
     try:
@@ -378,11 +378,4 @@ def _commit(tmp: Path, final: Path) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, final)
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 

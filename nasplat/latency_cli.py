@@ -152,7 +152,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     write_sample(space, args.n, out=out, runtime=args.runtime, batch=args.batch, threads=args.threads,
                  seed=args.seed, constraints=constraints, progress=lambda line: console.print(line, soft_wrap=True))
     print(f"{args.n} {space.name} models, their manifest and measure_latency.py are in {out}/")
-    print(f"on the device: python measure_latency.py   (needs Python, numpy and onnxruntime; writes latency.csv)")
+    print("on the device: python measure_latency.py   (needs Python, numpy and onnxruntime; writes latency.csv)")
     print(f"then here:     nasplat latency fit {space.name} --measured {out}/latency.csv --out PRED.json")
     return 0
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from .arch import Arch
 from .constraints import Constraint
+from .files import write_atomic
 from .strategy import Result, Trial
 
 
@@ -149,16 +150,6 @@ class SearchConfig:
         return cls(**values)
 
 
-def _write_atomic(path: Path, text: str, *, sync: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        if sync:
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def read_journal(path: Path) -> list[dict[str, Any]]:
     """The journal's events in order. A process killed while appending leaves a cut-off last line (maybe cut
     inside a UTF-8 character): it is skipped. Any other bad line raises, since what follows is untrustworthy."""
@@ -198,7 +189,7 @@ class RunDir:
         path = Path(config.out) / f"{config.space}-{config.strategy}-{stamp}-{secrets.token_hex(2)}"
         path.mkdir(parents=True, exist_ok=False)
         run = cls(path, sync=sync)
-        _write_atomic(path / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        write_atomic(path / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         run.journal_path.touch()
         return run
 
@@ -264,7 +255,7 @@ class RunDir:
     # -- strategy snapshot -----------------------------------------------------------------------------
     def save_state(self, strategy_state: Mapping[str, Any], pending: Sequence[Trial]) -> None:
         data = {"strategy": strategy_state, "pending": [{"id": t.id, "arch": t.arch.to_dict()} for t in pending]}
-        _write_atomic(self.path / "state.json", json.dumps(data), sync=self.sync)
+        write_atomic(self.path / "state.json", json.dumps(data), sync=self.sync)
 
     def load_state(self) -> tuple[dict[str, Any], list[Trial]] | None:
         path = self.path / "state.json"

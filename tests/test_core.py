@@ -83,3 +83,21 @@ def test_toy_space_validates():
     with pytest.raises(ValueError, match="not 'toy'"):
         space.validate(Arch("other", dict(arch)))
     json.loads(arch.to_json())
+
+
+def test_an_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
+    """A kill between writing and renaming (here, during the flush to disk) leaves the old content and no
+    temporary file (tables, predictors, manifests and run state are written through nasplat.files)."""
+    from nasplat import files
+
+    path = tmp_path / "t.json"
+    files.write_json(path, {"old": 1})
+
+    def killed(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_json(path, {"new": 2})
+    assert json.loads(path.read_text()) == {"old": 1} and [p.name for p in tmp_path.iterdir()] == ["t.json"]
+    assert oct(path.stat().st_mode & 0o777) == "0o644"

@@ -213,7 +213,7 @@ def test_bench_under_a_device_limit_and_on_its_front(tmp_path):
         assert device.predict(space, space.parse(record["returned"]["arch"])) <= limit
     text = results.read_text()
     assert f"## NAS-Bench-201 strategies on {COLUMN}, latency <= p25" in text
-    assert "best-valid_acc_12ep feasible cell" in text and f"nasplat bench nb201" in text
+    assert "best-valid_acc_12ep feasible cell" in text and "nasplat bench nb201" in text
     assert run_cli([*common, "--strategies", "random", "--objective", "accuracy,latency",
                     "--out", str(tmp_path / "b")]) == 0
     text = results.read_text()

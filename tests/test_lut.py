@@ -150,20 +150,6 @@ def test_resume_skips_measured_keys_and_a_kill_leaves_valid_json(space, tmp_path
     assert timer.calls == distinct - 4  # nothing measured twice
 
 
-def test_an_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
-    path = tmp_path / "t.json"
-    lut._write_atomic(path, {"old": 1})
-
-    def broken_dump(data, f, **_):
-        f.write('{"half": ')
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(lut.json, "dump", broken_dump)
-    with pytest.raises(KeyboardInterrupt):
-        lut._write_atomic(path, {"new": 2})
-    assert json.loads(path.read_text()) == {"old": 1} and [p.name for p in tmp_path.iterdir()] == ["t.json"]
-
-
 @pytest.fixture
 def table_file(space, tmp_path, monkeypatch):
     monkeypatch.setattr(lut, "measure_model", FakeTimer())

@@ -28,13 +28,10 @@ number of rounds.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import random
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -42,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..files import write_json
 from .latency import LatencyError, Protocol, describe_fingerprint, fingerprint, fingerprint_key, measure_arch, \
     measure_model
 
@@ -98,24 +96,6 @@ def _unit_space(space: SearchSpace) -> Iterator[Unit]:
         yield from space.latency_unit_space()
     except NotImplementedError as exc:
         raise LatencyError(str(exc)) from None
-
-
-def _write_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Writes JSON to a temporary file beside `path` and renames it over, so a kill leaves the old or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; a table is meant to be shared
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any], fields: list[str]) -> str:
@@ -244,7 +224,7 @@ def build_lut(space: SearchSpace, *, protocol: Protocol, out: Path | str, calibr
     def save(force: bool = False) -> None:
         nonlocal last_save
         if force or time.monotonic() - last_save >= SAVE_SECONDS:
-            _write_atomic(out, table)
+            write_json(out, table)
             last_save = time.monotonic()
 
     bar = _progress(progress)

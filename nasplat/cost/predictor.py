@@ -57,13 +57,10 @@ The file (JSON, written atomically):
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import itertools
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..files import write_json
 from ..tasks.tabular import load_table
 from .device_table import KEY, latency_columns
 
@@ -541,20 +539,7 @@ class LatencyPredictor:
         if self.data.get("lut_used") and not self.data.get("lut"):
             raise ValueError("this predictor was fitted with a lookup table that has no file; it cannot be saved "
                              "self-contained (fit it with a LatencyTable loaded from a file)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.data, fh, indent=1)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_json(path, self.data)
         self.path = path
         return path
 

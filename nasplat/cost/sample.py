@@ -19,7 +19,6 @@ against PyTorch with onnxruntime before it is listed.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -30,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..files import sha256, write_json
 from ..space import Choice, FloatRange, IntRange
 from .flops import measure
 
@@ -271,7 +271,7 @@ def write_sample(space: SearchSpace, n: int, *, out: Path, runtime: str = "onnxr
         old = earlier.get(name)
         path = out / name
         if (old is not None and old.get("arch") == text and old.get("input_shape") == shape
-                and path.is_file() and _sha256(path) == old.get("sha256")):
+                and path.is_file() and sha256(path) == old.get("sha256")):
             entry = {**old, **entry}
             say(f"[{index + 1}/{n}] {name} kept (unchanged since the earlier write)")
         else:
@@ -279,7 +279,7 @@ def write_sample(space: SearchSpace, n: int, *, out: Path, runtime: str = "onnxr
             say(f"[{index + 1}/{n}] {name} exported ({entry['exporter']}, {costs['macs'] / 1e6:.1f}M MACs, "
                 f"max abs diff {entry['max_abs_diff']:.2g})")
         manifest["models"].append(entry)
-        _write_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
     listed = {m["file"] for m in manifest["models"]}
     for name in sorted(listed_before - listed):  # the earlier sample's models that this one does not have
         if Path(name).parent == Path(MODELS) and Path(name).suffix == ".onnx":
@@ -288,7 +288,7 @@ def write_sample(space: SearchSpace, n: int, *, out: Path, runtime: str = "onnxr
     os.chmod(out / SCRIPT, 0o755)
     (out / README).write_text(_readme(space, n, manifest), encoding="utf-8")
     manifest["complete"] = True
-    _write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     return manifest_path
 
 
@@ -334,7 +334,7 @@ def _export_checked(space: SearchSpace, arch: Arch, path: Path, shape: tuple[int
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    how.update({"sha256": _sha256(path), "bytes": path.stat().st_size})
+    how.update({"sha256": sha256(path), "bytes": path.stat().st_size})
     return how
 
 
@@ -406,15 +406,3 @@ def _readme(space: SearchSpace, n: int, manifest: dict[str, Any]) -> str:
     )
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

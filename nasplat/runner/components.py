@@ -245,7 +245,7 @@ def write_front(run: RunDir, comp: Components, *, console: Console) -> list[int]
     the run's objectives, and front.json listing them; returns their trial ids."""
     from ..export import export_bundle
     from ..report import pareto_front, trial_results
-    from ..run import _write_atomic
+    from ..files import write_atomic
 
     objectives = comp.strategy.objectives
     front = pareto_front(trial_results(run.events()), objectives=objectives)
@@ -266,5 +266,5 @@ def write_front(run: RunDir, comp: Components, *, console: Console) -> list[int]
             _export_failed(run, console, exc, trial=result["trial"])
         listed.append({"trial": result["trial"], "bundle": f"trial-{result['trial']}",
                        **{o: metrics[o] for o in objectives}})
-    _write_atomic(folder / "front.json", json.dumps({"objectives": list(objectives), "front": listed}, indent=1))
+    write_atomic(folder / "front.json", json.dumps({"objectives": list(objectives), "front": listed}, indent=1))
     return [r["trial"] for r in front]
