@@ -284,6 +284,13 @@ def cmd_list(args: argparse.Namespace) -> int:
             options = user_options(registry.get(name))
             if options:
                 print(f"  {'':<16} options: {', '.join(sorted(options))}")
+            shipped = getattr(registry.get(name), "latency_table", None)
+            if registry is SPACES and shipped is not None:
+                from .cost.device_table import latency_columns
+                from .tasks.tabular import load_table
+
+                columns = latency_columns(load_table(shipped, key="arch"))
+                print(f"  {'':<16} devices (--device table:COLUMN): {', '.join(columns)}")
     return 0
 
 

@@ -71,6 +71,7 @@ def test_list_and_show(tmp_path, capsys):
     assert run_cli(["list"]) == 0
     out = capsys.readouterr().out
     assert "tinynet" in out and "random" in out and "toy" in out
+    assert "devices (--device table:COLUMN): lat_1080ti_1," in out and "lat_pixel3" in out  # nasbench201's
     run = api.search("toy", strategy="random", trials=2, out=tmp_path).run
     capsys.readouterr()
     assert run_cli(["show", str(run.path)]) == 0
