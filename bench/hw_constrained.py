@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--devices", default=",".join(DEVICES))
     parser.add_argument("--limits", default="p25,p50")
     parser.add_argument("--strategies", default="random,evolution,local,bayesian")
-    parser.add_argument("--front-strategies", default="random,bayesian", help="those that take two objectives")
+    parser.add_argument("--front-strategies", default="random,bayesian,bayesian:sampler=nsga2",
+                        help="those that take two objectives (name:key=value sets an option)")
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--budget", type=float, default=12000.0, help="simulated seconds per search")
     parser.add_argument("--stages", default="constrained,front")
@@ -65,12 +66,14 @@ def main() -> None:
                 best = max(found.means, key=found.means.get)
                 gap = reference - found.means[best]
                 met += gap <= GAP
-                rows.append([column, label, format_ms(latency.limit), str(len(latency.feasible(space, _task()))),
-                             f"{reference:.2f}", f"{optimum:.2f}",
-                             *(f"{found.means[s]:.2f}" for s in strategies), best, f"{gap:+.2f}",
-                             "yes" if gap <= GAP else "**no**"])
+                feasible = latency.feasible(space, _task())
+                rank, needed = _ranks(out / f"{column}-{label}" / best, feasible, reference - GAP)
+                rows.append([column, label, format_ms(latency.limit), str(len(feasible)), f"{reference:.2f}",
+                             f"{optimum:.2f}", *(f"{found.means[s]:.2f}" for s in strategies), best,
+                             f"{gap:+.2f}", "yes" if gap <= GAP else "**no**", f"{rank:.1f}", str(needed)])
         head = ["device", "limit", "ms", "feasible cells", "best-by-signal feasible", "feasible optimum",
-                *strategies, "best", "reference - best", f"within {GAP}"]
+                *strategies, "best", "reference - best", f"within {GAP}", "signal rank of best's cells (mean)",
+                f"cells of top signal within {GAP}"]
         body = "\n".join([
             f"NAS-Bench-201 CIFAR-10, {args.budget:g} simulated seconds per search, {args.seeds} seeds per strategy "
             f"and setting; latency read from each device's column of the shipped table "
@@ -80,6 +83,11 @@ def main() -> None:
             f"infeasible cell. Goal: the best strategy within {GAP} points of the best-by-signal feasible cell "
             f"on every device and limit: **met on {met} of {len(rows)}**.", "",
             _markdown(head, rows), "",
+            "Why a setting misses: the reference is one cell, the best of thousands by the signal. Signal rank: "
+            "where the best strategy's returned cells stand among the feasible cells by signal (1 = the "
+            "reference itself), averaged over seeds. The last column counts the feasible cells that rank at the "
+            f"top by signal with nothing below {GAP} points under the reference in between: a search must find "
+            f"one of these (in about 120 queries) to return a cell within {GAP} points.",
             f"Per-setting tables (queries, repeats, test accuracy, wall time) and plots: `{sections}`."])
         write_section("Hardware-aware search: NAS-Bench-201 under real devices' latency limits", body,
                       command=command)
@@ -93,16 +101,56 @@ def main() -> None:
                                   latency=DeviceLatency(device), objectives=("accuracy", "latency"))
             best = max(found.fronts, key=found.fronts.get)
             met += found.fronts[best] >= SHARE
+            size, hits = _front_hits(out / f"{column}-front" / best, latency_of=device)
             rows.append([column, *(f"{found.fronts[s]:.4f}" for s in strategies), best,
-                         "yes" if found.fronts[best] >= SHARE else "**no**"])
+                         "yes" if found.fronts[best] >= SHARE else "**no**", str(size), f"{hits:.1f}"])
         body = "\n".join([
             f"NAS-Bench-201 CIFAR-10, `--objective accuracy,latency` with latency read from each device's column, "
             f"no limit, {args.budget:g} simulated seconds per search, {args.seeds} seeds. Figure: mean hypervolume "
             f"of the (12-epoch signal, latency) front of the cells a search queried, as a share of the front of "
             f"all 15,625 cells, both up to the true front's nadir. Goal: >= {SHARE} for the best strategy: "
             f"**met on {met} of {len(rows)} devices**.", "",
-            _markdown(["device", *strategies, "best", f">= {SHARE}"], rows)])
+            _markdown(["device", *strategies, "best", f">= {SHARE}", "cells on the true front",
+                       "of them on the best's front (mean)"], rows), "",
+            "A search of about 120 queries has one or two of the true front's cells on its own front; the rest "
+            "of its share comes from cells near the front. On the devices where random search's share is lowest "
+            "(Eyeriss, the 1080 Ti) the best strategy's is too: the front there is harder to approach from "
+            "random starts, and TPE's multi-objective sampler does not close the gap within the budget "
+            "(NSGA-II, in the same run, does worse on every device)."])
         write_section("Hardware-aware search: accuracy-latency fronts on real devices", body, command=command)
+
+
+def _ranks(folder: Path, feasible: dict[str, float], floor: float) -> tuple[float, int]:
+    """The mean signal rank of the cells a strategy returned (1: the best feasible cell by signal), and how
+    many of the top feasible cells by signal precede the first whose reported accuracy is below `floor`."""
+    import json
+    import statistics
+
+    rows = _task().rows
+    by_signal = sorted(feasible, key=lambda key: -float(rows[key]["valid_acc_12ep"]))  # type: ignore[arg-type]
+    needed = next((i for i, key in enumerate(by_signal) if float(rows[key]["valid_acc_200ep"]) < floor),  # type: ignore
+                  len(by_signal))
+    signals = [float(rows[key]["valid_acc_12ep"]) for key in by_signal]  # type: ignore[arg-type]
+    ranks = []
+    for record in sorted(folder.glob("seed-*.json")):
+        returned = json.loads(record.read_text())["returned"]["signal"]
+        ranks.append(1 + sum(s > returned for s in signals))
+    return statistics.mean(ranks), needed
+
+
+def _front_hits(folder: Path, *, latency_of) -> tuple[int, float]:  # noqa: ANN001
+    """How many cells the table's true (signal, latency) front holds, and how many of them the strategy's
+    searches had on their returned fronts, on average."""
+    import json
+    import statistics
+
+    from nasplat.bench import front
+
+    rows, column = _task().rows, latency_of.column
+    lat = latency_of.table.rows
+    true = set(front([(float(rows[k]["valid_acc_12ep"]), float(lat[k][column])) for k in rows]))  # type: ignore
+    hits = [len(true & {tuple(p) for p in json.loads(r.read_text())["front"]}) for r in folder.glob("seed-*.json")]
+    return len(true), statistics.mean(hits)
 
 
 def _task():  # noqa: ANN202 - the benchmark's table task

@@ -15,7 +15,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import shutil
 import statistics
 import time
@@ -30,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .arch import Arch
 from .constraints import Constraint
+from .files import write_json
 from .cost.device_table import DeviceTable
 from .registry import SPACES, STRATEGIES
 from .results import write_section
@@ -108,7 +108,7 @@ def run_benchmark(bench: Benchmark, *, strategies: Sequence[str], seeds: int, bu
     if not strategies:
         raise ValueError("name at least one strategy")
     for name in strategies:
-        STRATEGIES.get(name)
+        STRATEGIES.get(split_spec(name)[0])
     # the searches are quiet; libraries that log each study they create (Optuna) would fill the screen
     logging.getLogger("optuna").setLevel(logging.WARNING)
     space = SPACES.create(bench.space)
@@ -146,8 +146,9 @@ def run_benchmark(bench: Benchmark, *, strategies: Sequence[str], seeds: int, bu
             if (name, seed) in records:
                 continue
             progress.update(bar, description=f"{bench.name} {name} seed {seed}")
-            config = SearchConfig(**{**base.to_dict(), "strategy": name, "seed": seed, "constraints": constraints,
-                                     "strategy_options": STRATEGY_OPTIONS.get(name, {}),
+            strategy, options = split_spec(name)
+            config = SearchConfig(**{**base.to_dict(), "strategy": strategy, "seed": seed, "constraints": constraints,
+                                     "strategy_options": {**STRATEGY_OPTIONS.get(strategy, {}), **options},
                                      "out": str(out / "runs" / name / f"seed-{seed:03d}")})
             records[(name, seed)] = _search(config, settings, out / name / f"seed-{seed:03d}.json", console=quiet)
             progress.advance(bar)
@@ -186,10 +187,7 @@ def _search(config: SearchConfig, settings: Mapping[str, Any], path: Path, *, co
     record = {"strategy": config.strategy, "seed": config.seed, "settings": dict(settings),
               "run": str(outcome.run.path), "end": outcome.reason, "wall_seconds": round(wall, 3),
               **_trace(read_journal(outcome.run.journal_path), config.space)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
+    write_json(path, record, sync=False)
     return record
 
 
@@ -350,10 +348,24 @@ def _table(strategies: Sequence[str], records: Mapping[tuple[str, int], Mapping[
     return "\n".join(lines)
 
 
-def _defaults(name: str) -> str:
+def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """'bayesian:sampler=nsga2' -> ('bayesian', {'sampler': 'nsga2'}): a strategy as a benchmark names it, with
+    options after colons (the same strategy may then run twice with other options)."""
+    name, *pairs = spec.split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"strategy {spec!r}: give options as name:key=value, e.g. bayesian:sampler=nsga2")
+        options[key] = value
+    return name, options
+
+
+def _defaults(spec: str) -> str:
     """A strategy's own options and their defaults, as the benchmark runs it."""
+    name, chosen = split_spec(spec)
     shared = set(inspect.signature(STRATEGIES.get("random")).parameters)
-    given = STRATEGY_OPTIONS.get(name, {})
+    given = {**STRATEGY_OPTIONS.get(name, {}), **chosen}
     options = [f"{p.name}={given.get(p.name, p.default)}"
                for p in inspect.signature(STRATEGIES.get(name)).parameters.values()
                if p.name not in shared and p.default is not inspect.Parameter.empty]
