@@ -84,3 +84,19 @@ def test_other_settings_in_the_same_folder_are_refused(bench, capsys):
     folder, argv = bench
     assert main([*argv[:-2], "--budget", "3000s", "--results", str(folder / "R2.md")]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_a_strategy_with_options_runs_as_its_own_row(tmp_path):
+    from nasplat.bench import split_spec
+
+    assert split_spec("bayesian:sampler=nsga2") == ("bayesian", {"sampler": "nsga2"})
+    assert split_spec("random") == ("random", {})
+    with pytest.raises(ValueError, match="name:key=value"):
+        split_spec("bayesian:nsga2")
+    results = tmp_path / "RESULTS.md"
+    assert main(["bench", "nb201", "--strategies", "bayesian,bayesian:sampler=random", "--seeds", "1", "--budget",
+                 "1500s", "--out", str(tmp_path / "out"), "--results", str(results)]) == 0
+    tpe = json.loads((tmp_path / "out" / "bayesian" / "seed-000.json").read_text())
+    other = json.loads((tmp_path / "out" / "bayesian:sampler=random" / "seed-000.json").read_text())
+    assert tpe["returned"]["arch"] and other["returned"]["arch"] and tpe["curve"] != other["curve"]
+    assert "bayesian:sampler=random: sampler=random, storage=memory" in results.read_text()
