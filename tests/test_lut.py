@@ -11,7 +11,7 @@ from nasplat.cost import count_macs, lut, measure
 from nasplat.cost.latency import Latency, LatencyError, Protocol, fingerprint, fingerprint_key
 from nasplat.registry import SPACES
 
-FAST = Protocol(warmup=1, warmup_seconds=0.0, rounds=2, seconds=0.005, gap=0.0)
+FAST = Protocol(warmup=1, rounds=2, seconds=0.005, gap=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def table_file(space, tmp_path, monkeypatch):
 def test_resume_refuses_a_table_of_another_machine_or_protocol(space, table_file):
     data = json.loads(table_file.read_text())
     with pytest.raises(LatencyError, match="cannot resume .* differs in protocol, unit_protocol"):
-        lut.build_lut(space, protocol=Protocol(warmup=1, warmup_seconds=0.0, rounds=3, seconds=0.005, gap=0.0), out=table_file,
+        lut.build_lut(space, protocol=Protocol(warmup=1, rounds=3, seconds=0.005, gap=0.0), out=table_file,
                       calibrate=0, units=[], progress=False)
     data["fingerprint"]["cpu"] = "Some Other CPU"
     table_file.write_text(json.dumps(data))

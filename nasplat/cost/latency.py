@@ -53,9 +53,6 @@ class Protocol:
     batch: int = 1
     threads: int = 1
     warmup: int = 10  # untimed runs first (allocators, caches, cuDNN's autotuning)
-    # and for at least this long: the first figure of a process ran 10-20% slow after 10 runs alone (thread
-    # pool, clock and allocator ramp-up), which made the repeatability of torch eager figures miss its goal
-    warmup_seconds: float = 1.0
     rounds: int = 10  # timed rounds, spread in time; the figure is the fastest run of them all
     seconds: float = 0.05  # timed run time per round (at least one run per round)
     gap: float = 0.25  # seconds between rounds, so that they sample different moments of the machine's load
@@ -67,7 +64,7 @@ class Protocol:
         for name in ("batch", "threads", "rounds"):
             if getattr(self, name) < 1:
                 raise LatencyError(f"latency {name} must be at least 1, got {getattr(self, name)}")
-        if self.warmup < 0 or self.warmup_seconds < 0 or not self.seconds > 0 or self.gap < 0:
+        if self.warmup < 0 or not self.seconds > 0 or self.gap < 0:
             raise LatencyError(f"latency warmup and gap must be >= 0 and seconds > 0, got {self.warmup}, "
                                f"{self.gap} and {self.seconds}")
 
@@ -240,11 +237,8 @@ def measure_model(model: nn.Module, input_shape: tuple[int, ...], *, protocol: P
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     with _threads(protocol.threads):
         run = RUNNERS[protocol.runtime](model, x, protocol)
-        until = time.perf_counter() + protocol.warmup_seconds
-        warmed = 0
-        while warmed < protocol.warmup or time.perf_counter() < until:
+        for _ in range(protocol.warmup):
             run()
-            warmed += 1
         timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=protocol.threads)
         fastest, times, runs = [], [], 0
         for i in range(protocol.rounds):

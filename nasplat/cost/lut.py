@@ -69,11 +69,11 @@ class Unit:
 
 
 def unit_protocol(protocol: Protocol) -> Protocol:
-    """The lighter protocol units are timed with: at most 3 warm-up runs (no time-based warm-up), 3 rounds of at most 20 ms with no
+    """The lighter protocol units are timed with: at most 3 warm-up runs, 3 rounds of at most 20 ms with no
     gap (units take from 0.1 to 10 ms, and there are thousands: about 0.1 s each). Units are profiled in a
     shuffled order, so that a phase in which the machine runs slow spreads its error over unrelated units
     instead of one stage's, and the errors of an architecture's units partly cancel in its sum."""
-    return replace(protocol, warmup=min(protocol.warmup, 3), warmup_seconds=0.0, rounds=min(protocol.rounds, 3),
+    return replace(protocol, warmup=min(protocol.warmup, 3), rounds=min(protocol.rounds, 3),
                    seconds=min(protocol.seconds, 0.02), gap=0.0)
 
 
