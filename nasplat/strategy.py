@@ -158,10 +158,18 @@ class Strategy(ABC):
         evolution and local search revisit neighbours, and a table's lookup is cheaper than a second model."""
         if not self.checks_free:
             return None
-        key = self._complete(params).key()
-        if key not in self._checked:
-            costs = self.costs(self.space, self._complete(params))  # type: ignore[misc]
-            self._checked[key] = {str(c): costs[c.metric] / c.limit - 1 for c in self.constraints}
+        from .cost.latency import LatencyError
+
+        try:
+            arch = self._complete(params)
+            key = arch.key()
+            if key not in self._checked:
+                costs = self.costs(self.space, arch)  # type: ignore[misc]
+                self._checked[key] = {str(c): costs[c.metric] / c.limit - 1 for c in self.constraints}
+        except LatencyError:
+            raise  # the latency source cannot answer at all: an input error, as the runner treats it
+        except Exception:  # noqa: BLE001 - an Arch the space cannot build: the runner records it as failed
+            return None
         return self._checked[key]
 
     def feasible(self, params: Mapping[str, Any]) -> bool:
