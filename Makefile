@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula bench-nb201 bench-ray bench-oneshot bench-bandit bench-crowd bench-hitdet clean
+.PHONY: install test test-all search bench-tinynet bench-proxy bench-formula bench-nb201 bench-ray bench-oneshot bench-bandit bench-crowd bench-hitdet bench-hw clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -56,6 +56,12 @@ bench-crowd: install
 
 bench-hitdet: install
 	$(PY) bench/hitdet_search.py
+
+# hardware-aware search on 14 real devices' latency tables, and few-shot predictors of a new device
+bench-hw: install
+	$(PY) bench/hw_constrained.py
+	$(PY) bench/latency_predictor.py
+	$(PY) bench/latency.py --stages repeat,lut,predictor
 
 clean:
 	rm -rf $(VENV) build *.egg-info
