@@ -1,7 +1,6 @@
 """BNAS and the anti-bandit: their samplers and scorers on hand-made values, then tiny searches end to end."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -191,8 +190,6 @@ def test_the_reduction_plot_reads_cp_nas_style_journals(tmp_path):
     assert "reduction.png" in (folder / "summary.md").read_text()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("nasplat.tasks.adversarial") is None,
-                    reason="nasplat.tasks.adversarial (the attacks) is not there yet")
 def test_fgsm_training_attacks_the_sampled_path_and_leaves_the_task_be(monkeypatch):
     from nasplat.tasks import classification
 

@@ -82,13 +82,15 @@ def test_resume_mid_pass_asks_exactly_what_an_unbroken_run_asks():
                 return paths
         return paths
 
-    unbroken = run(_engine(seed=5), random.Random(9))
+    whole = _engine(seed=5)
+    unbroken = run(whole, random.Random(9))
     first, rng = _engine(seed=5), random.Random(9)
     head = run(first, rng, stop=12)  # mid round 2
     resumed = _engine(seed=5)
     resumed.restore(json.loads(json.dumps(first.state())))  # through JSON, as a checkpoint stores it
     assert head + run(resumed, rng) == unbroken
-    assert resumed.remaining() == _engine(seed=5).remaining() or resumed.done
+    assert whole.done and resumed.done and resumed.remaining() == whole.remaining()  # the same op kept per edge
+    assert resumed.remaining() != _engine(seed=5).remaining()
 
 
 def test_bad_tells_are_refused():
