@@ -25,7 +25,9 @@ TASK = {"limit_train": 128, "limit_val": 64, "batch_size": 32}
 OPTIONS = {
     "darts": {"search_epochs": 2, "warmup_epochs": 1, "batch_size": 32, "eval_limit": 64},
     "pc-darts": {"search_epochs": 2, "warmup_epochs": 1, "batch_size": 32, "eval_limit": 64},
-    "cp-nas": {"warmup_steps": 2, "train_steps": 1, "batch_size": 32, "eval_limit": 32},
+    # beta 0.5: the indicator then weighs the Child's accuracy as much as the Parent's, so the end-to-end test
+    # checks both (at the default beta = 1 it is the Parent's alone)
+    "cp-nas": {"warmup_steps": 2, "train_steps": 1, "batch_size": 32, "eval_limit": 32, "beta": 0.5},
 }
 
 
@@ -70,7 +72,10 @@ def test_search_derives_and_exports(tmp_path_factory, strategy):
     assert [e["step"] for e in steps] == list(range(1, expected_steps + 1))
     if strategy == "cp-nas":
         sampled = [e for e in steps if "indicator" in e]
-        assert all(e["indicator"] == pytest.approx(e["parent_accuracy"]) for e in sampled)  # beta = 1: z = A_P
+        assert all(0 <= e["child_accuracy"] <= 100 and 0 <= e["parent_accuracy"] <= 100 for e in sampled)
+        assert all(e["indicator"] == pytest.approx(0.5 * (e["parent_accuracy"] - e["child_accuracy"])
+                                                   + e["child_accuracy"]) for e in sampled)  # z = b(A_P - A_C) + A_C
+        assert any(e["child_accuracy"] != e["parent_accuracy"] for e in sampled)  # the Child is its own network
         abandoned = [a for e in sampled for a in e.get("abandoned", [])]
         assert len(abandoned) == 7 * 28  # one op per edge per round, 7 rounds, 28 edges
     else:
