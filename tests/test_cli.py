@@ -132,3 +132,32 @@ def test_classification_estimates_its_training_time(monkeypatch):
     monkeypatch.setattr(classification.time, "perf_counter", lambda: next(ticks))
     estimate = task.estimate_seconds(model, input_size=task.input_size(0.4), epochs=3)
     assert estimate == pytest.approx(0.1 * (512 / task.batch_size) * (3 + 1 / 3))
+
+
+def test_show_refresh_rewrites_the_report_from_the_journal(tmp_path, capsys):
+    run = api.search("toy", strategy="random", trials=3, out=tmp_path).run
+    summary = run.report / "summary.md"
+    summary.write_text("stale\n")
+    (run.report / "pareto.png").unlink()
+    assert run_cli(["show", str(run.path)]) == 0
+    assert run.id in capsys.readouterr().out
+    assert summary.read_text() == "stale\n" and not (run.report / "pareto.png").exists()  # report left as it was
+    assert run_cli(["show", str(run.path), "--refresh"]) == 0
+    assert run.id in capsys.readouterr().out
+    assert run.id in summary.read_text() and (run.report / "pareto.png").exists()  # rewritten from the journal
+
+
+def test_config_reruns_the_same_search(tmp_path):
+    """`--config runs/<id>/config.json` is the same search again: same settings, same seed, same trials."""
+    assert run_cli(["search", "toy", "--strategy", "evolution", "--trials", "5", "--seed", "3",
+                    "--out", str(tmp_path / "a")]) == 0
+    first = next((tmp_path / "a").iterdir())
+    assert run_cli(["search", "--config", str(first / "config.json"), "--out", str(tmp_path / "b")]) == 0
+    again = next((tmp_path / "b").iterdir())
+    config = {k: v for k, v in json.loads((first / "config.json").read_text()).items() if k != "out"}
+    assert config == {k: v for k, v in json.loads((again / "config.json").read_text()).items() if k != "out"}
+
+    def trials(run):
+        return [(e["arch"], e["status"]) for e in map(json.loads, (run / "journal.jsonl").read_text().splitlines())
+                if e["event"] == "result"]
+    assert trials(first) == trials(again) and len(trials(first)) == 5
