@@ -66,7 +66,7 @@ def main() -> None:
                 best = max(found.means, key=found.means.get)
                 gap = reference - found.means[best]
                 met += gap <= GAP
-                feasible = latency.feasible(space, _task())
+                feasible = latency.feasible(_task())
                 rank, needed = _ranks(out / f"{column}-{label}" / best, feasible, reference - GAP)
                 rows.append([column, label, format_ms(latency.limit), str(len(feasible)), f"{reference:.2f}",
                              f"{optimum:.2f}", *(f"{found.means[s]:.2f}" for s in strategies), best,

@@ -76,7 +76,7 @@ class DeviceLatency:
     def slug(self) -> str:
         return f"-{self.device.column}" + (f"-{self.label}" if self.limit is not None else "")
 
-    def feasible(self, space: Any, table: Any) -> dict[str, float]:
+    def feasible(self, table: Any) -> dict[str, float]:
         """Cell string -> latency of the table's rows within the limit (all rows without one)."""
         rows = self.device.table.rows
         latencies = {key: float(rows[key][self.device.column]) for key in table.rows if key in rows}  # type: ignore
@@ -126,7 +126,7 @@ def run_benchmark(bench: Benchmark, *, strategies: Sequence[str], seeds: int, bu
     settings = {"budget": budget, "epochs": epochs or task.default_epochs, "task": task.describe(),
                 **(latency.settings() if latency is not None else {}),
                 **({"objectives": objectives} if len(objectives) > 1 else {})}
-    feasible = latency.feasible(space, task.table) if latency is not None else None
+    feasible = latency.feasible(task.table) if latency is not None else None
     stem = bench.name + (latency.slug() if latency is not None else "") + ("-front" if len(objectives) > 1 else "")
     title = bench.title + (latency.title() if latency is not None else "") + \
         (": accuracy and latency" if len(objectives) > 1 else "")
@@ -390,7 +390,7 @@ def _section(name: str, title: str, table: str, *, task: TableTask, settings: Ma
             f"Latency: column `{latency.device.column}` of `{latency.device.path.name}` (ms), read by every search "
             f"as its device (`--device table:{latency.device.column}`)"
             + (f"; limit {latency.label} = {format_ms(latency.limit)}, met by "
-               f"{len(latency.feasible(None, task.table))} cells; strategies check it for free before "
+               f"{len(latency.feasible(task.table))} cells; strategies check it for free before "
                f"proposing, and an infeasible architecture is never charged" if latency.limit is not None else "")
             + ".")
     if fronts is not None:

@@ -241,9 +241,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _bench_latency(args: argparse.Namespace, bench: Any, task_options: Mapping[str, Any]) -> Any:
     """--device table:COLUMN [--latency-table CSV] [--latency LIMIT|pNN] as the benchmark takes them."""
     from .bench import DeviceLatency
-    from .cost.device_table import parse_percentile
     from .registry import SPACES
-    from .runner.components import device_table
+    from .runner.components import device_table, latency_limit
 
     table = _device_table(args)
     if table is None:
@@ -257,9 +256,8 @@ def _bench_latency(args: argparse.Namespace, bench: Any, task_options: Mapping[s
     device.check_space(space)
     if not args.latency:
         return DeviceLatency(device)
-    q = parse_percentile(args.latency)
-    limit = device.percentile(q) if q is not None else Constraint.parse("latency", args.latency).limit
-    return DeviceLatency(device, limit, args.latency)
+    limit = latency_limit(args.latency, space=bench.space, table=table, task=bench.task, task_options=task_options)
+    return DeviceLatency(device, limit.limit, args.latency)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -117,6 +117,7 @@ class Strategy(ABC):
         self.rng = random.Random(seed)
         self.next_id = 0
         self._checked: dict[str, dict[str, float]] = {}  # architecture key -> violations (free checks only)
+        self._completed: tuple[dict[str, Any], Arch] | None = None  # the last params completed, and their Arch
 
     @classmethod
     def takes(cls, objectives: Sequence[str]) -> tuple[str, ...]:
@@ -144,7 +145,15 @@ class Strategy(ABC):
         return trial
 
     def _complete(self, params: Mapping[str, Any]) -> Arch:
-        return self.space.complete(params, constraints=self.constraints, costs=self.costs)
+        """The space's completion of `params`. Under a free check the last one is kept, since the check
+        completes the parameters that the trial then completes again (TinyNet solves its width by bisection
+        on MACs); costs that are measured may change what a completion gives (a table's learnt correction)."""
+        if not self.checks_free:
+            return self.space.complete(params, constraints=self.constraints, costs=self.costs)
+        if self._completed is None or self._completed[0] != params:
+            self._completed = (dict(params), self.space.complete(params, constraints=self.constraints,
+                                                                 costs=self.costs))
+        return self._completed[1]
 
     @property
     def checks_free(self) -> bool:
@@ -177,14 +186,19 @@ class Strategy(ABC):
         found = self.violations(params)
         return found is None or all(v <= 0 for v in found.values())
 
-    def _draw(self, propose: Callable[[], Mapping[str, Any]], *, what: str) -> dict[str, Any]:
+    def _draw(self, propose: Callable[[], Mapping[str, Any]], *, what: str,
+              reject: Callable[[Mapping[str, float]], None] | None = None) -> dict[str, Any]:
         """`propose()` again until it gives parameters that meet the constraints, where a free check can tell,
-        so that no trial is spent on an architecture known to be infeasible. After MAX_DRAWS infeasible ones it
-        warns and returns the last: the runner then records it as infeasible, as it would without the check."""
-        for _ in range(MAX_DRAWS):
+        so that no trial is spent on an architecture known to be infeasible; `reject(violations)` hears of each
+        proposal drawn again (a model-based strategy learns from it). After MAX_DRAWS infeasible ones it warns
+        and returns the last: the runner then records it as infeasible, as it would without the check."""
+        for draw in range(MAX_DRAWS):
             params = dict(propose())
-            if self.feasible(params):
+            found = self.violations(params)
+            if found is None or all(v <= 0 for v in found.values()):
                 return params
+            if reject is not None and draw < MAX_DRAWS - 1:
+                reject(found)
         log.warning("%s: %d %s in a row broke %s; evaluating the last one, which will be infeasible",
                     self.name, MAX_DRAWS, what, ", ".join(map(str, self.constraints)))
         return params

@@ -8,7 +8,6 @@ authoritative record. A journal file rather than SQLite, because SQLite locks un
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,12 +20,10 @@ from optuna.trial import TrialState
 
 from nasplat.registry import register_strategy
 from nasplat.space import Choice, FloatRange, IntRange, Param
-from nasplat.strategy import MAX_DRAWS, OBJECTIVES, Result, Strategy, Trial
+from nasplat.strategy import OBJECTIVES, Result, Strategy, Trial
 
 if TYPE_CHECKING:
     from nasplat.space import SearchSpace
-
-log = logging.getLogger(__name__)
 
 STUDY_NAME = "nasplat"
 # journal: Optuna's JournalStorage in the run directory; every write is fsynced under a lock file, which costs
@@ -120,17 +117,15 @@ class BayesianSearch(Strategy):
             point = self.initial.pop(0)
             self.study.enqueue_trial({name: _label(value) if isinstance(self._params[name], Choice) else value
                                       for name, value in point.items() if name in self._params})
-        for _ in range(MAX_DRAWS):
+        proposed: list[optuna.trial.Trial] = []  # the Optuna trial behind the latest proposal
+
+        def propose() -> dict[str, Any]:
             self.study.sampler = SAMPLERS[self.sampler_name](self.rng.getrandbits(32))
-            asked = self.study.ask(self._distributions)
-            params = {name: self._decode(name, value) for name, value in asked.params.items()}
-            violations = self.violations(params)
-            if violations is None or all(v <= 0 for v in violations.values()):
-                break
-            self._reject(asked, violations)
-        else:
-            log.warning("bayesian: %d proposals in a row broke %s; evaluating the last one, which will be "
-                        "infeasible", MAX_DRAWS, ", ".join(map(str, self.constraints)))
+            proposed[:] = [self.study.ask(self._distributions)]
+            return {name: self._decode(name, value) for name, value in proposed[0].params.items()}
+
+        params = self._draw(propose, what="proposals", reject=lambda violations: self._reject(proposed[0], violations))
+        asked = proposed[0]
         trial = self._trial(params)
         asked.set_user_attr("nasplat_trial", trial.id)
         asked.set_user_attr("arch", trial.arch.to_json())
@@ -141,12 +136,7 @@ class BayesianSearch(Strategy):
         """Tells Optuna a proposal that a free check found infeasible, as `tell` tells an infeasible trial
         (its constraint values and a penalty), without making it a trial: the sampler learns where the
         infeasible region lies, and the search spends nothing on it."""
-        asked.set_user_attr("result", Result("infeasible", {}, "rejected by a free check before it was asked")
-                            .to_dict())
-        if self.sampler_name not in _IGNORE_CONSTRAINTS:
-            for key, violation in violations.items():
-                asked.set_constraint(key, violation)
-        self.study.tell(asked, self._penalty(violations))
+        self._finish(asked, Result("infeasible", {}, "rejected by a free check before it was asked"), violations)
 
     def tell(self, trial: Trial, result: Result) -> None:
         """ok: its score. failed: Optuna's FAIL, which the samplers skip. infeasible: told as complete, with
@@ -167,11 +157,17 @@ class BayesianSearch(Strategy):
         if self._storage.get_trial(trial_id).state.is_finished():
             return
         asked = optuna.trial.Trial(self.study, trial_id)
-        asked.set_user_attr("result", result.to_dict())
         if result.status == "failed":
+            asked.set_user_attr("result", result.to_dict())
             self.study.tell(asked, state=TrialState.FAIL)
             return
-        violations = self._violations(result)
+        self._finish(asked, result, self._violations(result), values)
+
+    def _finish(self, asked: optuna.trial.Trial, result: Result, violations: Mapping[str, float],
+                values: tuple[float, ...] | None = None) -> None:
+        """Completes an Optuna trial: the result, its constraint values, and its objectives (a penalty when
+        it has none, being infeasible)."""
+        asked.set_user_attr("result", result.to_dict())
         if self.sampler_name not in _IGNORE_CONSTRAINTS:
             for key, violation in violations.items():
                 asked.set_constraint(key, violation)

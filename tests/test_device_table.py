@@ -122,18 +122,23 @@ def test_bayesian_tells_optuna_what_it_rejected_without_making_it_a_trial(tmp_pa
     assert all(max(t.constraints.values()) > 0 for t in rejected)
 
 
-def test_a_limit_almost_nothing_meets_is_said_and_the_trial_recorded_infeasible(tmp_path, caplog):
+@pytest.mark.parametrize("strategy,options,what", [
+    ("random", {}, "random samples"),
+    ("bayesian", {"sampler": "random", "storage": "memory"}, "proposals"),  # the last proposal is not told twice
+])
+def test_a_limit_almost_nothing_meets_is_said_and_the_trial_recorded_infeasible(tmp_path, caplog, strategy, options,
+                                                                                what):
     """Redraws are bounded: when they run out the strategy says so, and the runner records the last draw."""
     space = NasBench201Space()
     smallest = space.to_text(space.smallest())
     table = _write_table(tmp_path / "one.csv", [(space.to_text(a), 1.0 if space.to_text(a) == smallest else 10.0)
                                                 for a in space.enumerate()])  # 1 feasible cell of 15,625
-    config = SearchConfig(space="nasbench201", strategy="random", trials=1, out=str(tmp_path / "runs"),
-                          constraints=[Constraint("latency", 2.0)],
+    config = SearchConfig(space="nasbench201", strategy=strategy, trials=1, out=str(tmp_path / "runs"),
+                          constraints=[Constraint("latency", 2.0)], strategy_options=options,
                           device_table={"column": "lat_dev", "path": str(table)})
     with caplog.at_level(logging.WARNING, logger="nasplat"):
         outcome = api.start(config, report=False)
-    assert "random: 1000 random samples in a row broke latency <= 2ms" in caplog.text
+    assert f"{strategy}: 1000 {what} in a row broke latency <= 2ms" in caplog.text
     infeasible = [e for e in _results(outcome.run) if e["status"] == "infeasible"]
     assert infeasible and all(e.get("held_out", {}).get(CHARGE, 0) == 0 for e in infeasible)
 
