@@ -41,7 +41,7 @@ from .units import format_ms, format_time
 
 GRID = 241  # points of the simulated-time axis on which the curves of all seeds are averaged
 # options a benchmark gives strategies: its searches are redone from scratch when killed, so the Bayesian
-# study stays in memory (its journal file's fsynced writes took half of a constrained search's time)
+# study stays in memory (bench/RESULTS.md, "Bayesian study storage: journal file against memory")
 STRATEGY_OPTIONS: dict[str, dict[str, Any]] = {"bayesian": {"storage": "memory"}}
 
 

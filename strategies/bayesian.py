@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from nasplat.space import SearchSpace
 
 STUDY_NAME = "nasplat"
-# journal: Optuna's JournalStorage in the run directory; every write is fsynced under a lock file, which costs
-# more than a table lookup, so searches that are cheap to redo (a benchmark's) keep the study in memory
+# journal: Optuna's JournalStorage in the run directory, where every write is fsynced under a lock file; memory:
+# faster where a trial is a table lookup (bench/RESULTS.md, "Bayesian study storage: journal file
+# against memory"), for searches that are cheap to redo (a benchmark's)
 STORAGES = ("journal", "memory")
 JOURNAL_FILE = "optuna.journal"
 

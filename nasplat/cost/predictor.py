@@ -32,10 +32,10 @@ Why this method: in bench/latency_predictor.py (leave one device out over the 14
 of N cells, scored on all 15,625 cells) it predicts 84.4% of the cells within +-10% with Spearman 0.973 on
 average at N = 20 (81.5% / 0.968 at N = 10, 86.1% / 0.976 at N = 50), against 73.0% / 0.941 for the best
 baseline (the best-correlated other device, rescaled) and 88.3% / 0.979 for the ceiling (the device's own
-column fitted on all its cells), and in development runs of the same protocol (10 draws) the average beat
-either fit alone (84.7% against 84.1% relative and 83.9% log at N = 20; 82.2% against 80.8% and 80.7% at
-N = 10), while raw instead of denoised reference columns, non-negative least squares on them, a ridge on
-the one-hot operations added to the fit, and choosing between the two fits by leave-one-out did no better.
+column fitted on all its cells). In development runs of the same protocol (not kept in bench/), the average
+did a little better than either fit alone, and raw instead of denoised reference columns, non-negative least
+squares on them, a ridge on the one-hot operations added to the fit, and choosing between the two fits by
+leave-one-out did no better.
 
 Spaces without a table (TinyNet) use the same two fits and average on other features: the per-op lookup
 table's calibrated sum (`lut.predict(space, arch)`, when a `lut` is given), MACs and params (fvcore, in
@@ -43,8 +43,8 @@ millions), and every numeric parameter of the architecture (searched and derived
 non-numbers); the one-device ratio of the "log" fit is the LUT sum's or the MACs' ratio.
 
 N may be as small as 3, but 10 or more are recommended: with 3 points the fit runs, the "log" fit keeps to
-the one-device ratio, and accuracy falls off (a development run, 10 draws of 3 cells: 71% within 10% on
-Xeon Gold 6226, 29% on Eyeriss, 22% on Pixel 3). Measured latencies of the same architecture listed twice
+the one-device ratio, and accuracy falls off well below the N = 10 figures above (a development run, not
+kept in bench/). Measured latencies of the same architecture listed twice
 are averaged (`read_measured`).
 
 The file (JSON, written atomically):

@@ -12,9 +12,9 @@ which `nasplat latency fit SPACE --measured latency.csv` reads back:
                            onnxruntime only)
     README.txt             the two commands
 
-The models are exported with the TorchScript-based ONNX exporter (`dynamo=False`): about 0.3-0.5 s per
-NAS-Bench-201 or TinyNet model here against 5.5-8.5 s for the dynamo exporter of `nasplat.export.write_onnx`
-(the one used as a fallback), which would make a sample of 50 take minutes. Each file is checked once
+The models are exported with the TorchScript-based ONNX exporter (`dynamo=False`) at the fixed sample
+shape: it was many times faster here than the dynamo exporter of `nasplat.export.write_onnx` (the one used
+as a fallback), which would make a sample of 50 take minutes (an ad-hoc timing, not a benchmark). Each file is checked once
 against PyTorch with onnxruntime before it is listed.
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def pool(space: SearchSpace, count: int, *, seed: int = 0, constraints: Sequence
     in enumeration order, when it has at most `count` members, else random draws (seeded) in the order drawn.
 
     Every architecture returned has its costs measured (`flops.measure`, cached), which is most of the time
-    this takes: about 0.1 s per NAS-Bench-201 or TinyNet model.
+    this takes.
     """
     counted = [c for c in constraints if c.metric in ("macs", "params")]
     size = space.size()
