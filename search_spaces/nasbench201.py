@@ -16,7 +16,7 @@ classifier; operations are ReLU-Conv-BN, 3x3 average pooling, identity, or nothi
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 import networkx as nx
 import torch
@@ -24,9 +24,9 @@ from torch import nn
 
 import nasplat
 from nasplat.arch import Arch
-from nasplat.registry import register_space, register_task
+from nasplat.errors import UserError
+from nasplat.registry import register_space
 from nasplat.space import Choice, Param, SearchSpace, Target
-from nasplat.tasks.tabular import TableTask
 
 NODES = 4
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -36,7 +36,6 @@ CELLS_PER_STAGE = 5
 STAGES = 3
 RESOLUTION = 32
 
-SHIPPED_TABLE = Path(nasplat.__file__).parent / "data" / "nasbench201" / "cifar10-valid.csv"
 # every cell's latency on 14 real devices (HW-NAS-Bench and HELP), read by `--device table:COLUMN`
 SHIPPED_LATENCY = Path(nasplat.__file__).parent / "data" / "hw_latency" / "nb201-latency.csv"
 
@@ -151,9 +150,9 @@ class NasBench201Space(SearchSpace):
         for i, node in enumerate(nodes, start=1):
             pairs = [token.rpartition("~") for token in node[1:-1].split("|")] if node[:1] == node[-1:] == "|" else []
             if len(nodes) != NODES - 1 or [source for _, _, source in pairs] != [str(j) for j in range(i)]:
-                raise ValueError(f"cannot read cell string {text!r}; expected three nodes, node i feeding from "
-                                 "nodes 0..i-1, e.g. |nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+"
-                                 "|none~0|avg_pool_3x3~1|nor_conv_1x1~2|")
+                raise UserError(f"cannot read cell string {text!r}; expected three nodes, node i feeding from "
+                                "nodes 0..i-1, e.g. |nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+"
+                                "|none~0|avg_pool_3x3~1|nor_conv_1x1~2|")
             params.update({edge_name(i, j): op for j, (op, _, _) in enumerate(pairs)})
         arch = self.arch(params)
         self.validate(arch)
@@ -172,15 +171,3 @@ class NasBench201Space(SearchSpace):
 
     def smallest(self) -> Arch:
         return self.arch({edge_name(i, j): "none" for i, j in EDGES})
-
-
-@register_task("nasbench201")
-class NasBench201Table(TableTask):
-    """NAS-Bench-201 CIFAR-10 (train/valid) from its table: 12-epoch signal, 200-epoch accuracy reported."""
-
-    default_epochs = 12  # the published protocol: a query costs 12 epochs of training plus one evaluation
-
-    def __init__(self, *, table: str | Path = SHIPPED_TABLE, signal: str = "valid_acc_12ep",
-                 report: str | Sequence[str] = ("valid_acc_200ep", "test_acc_200ep"),
-                 time_columns: str | Sequence[str] = ("train_seconds_per_epoch", "eval_seconds")):
-        super().__init__(table=table, key="arch", signal=signal, report=report, time_columns=time_columns)

@@ -8,7 +8,8 @@ import torch
 
 from nasplat.cost import count_params
 from nasplat.registry import SPACES, TASKS
-from nasplat.search_spaces.nasbench201 import EDGES, OPS, SHIPPED_TABLE, NasBench201Space, edge_name
+from nasplat.search_spaces.nasbench201 import EDGES, OPS, NasBench201Space, edge_name
+from nasplat.tasks.nasbench201 import SHIPPED_TABLE
 from nasplat.tasks.tabular import TableTask, load_table
 
 BEST_12EP = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"

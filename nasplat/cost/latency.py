@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 if TYPE_CHECKING:
     from ..arch import Arch
     from ..space import SearchSpace
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 RUNTIMES = ("torch", "onnxruntime")
 
 
-class LatencyError(ValueError):
+class LatencyError(UserError):
     """A device or runtime that cannot measure here (one line for the CLI)."""
 
 
@@ -200,7 +202,7 @@ def _torch_runner(model: nn.Module, x: torch.Tensor, protocol: Protocol) -> Call
 def _onnxruntime_runner(model: nn.Module, x: torch.Tensor, protocol: Protocol) -> Callable[[], Any]:
     import onnxruntime
 
-    from ..export import quiet_torch, write_onnx
+    from ..conversion import quiet_torch, write_onnx
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = protocol.threads
@@ -270,23 +272,19 @@ def measure_arch(space: SearchSpace, arch: Arch, *, protocol: Protocol) -> Laten
         if protocol.remote:
             _CACHE[key] = _measure_on_ray(space, arch, protocol)
         else:
-            target = space.target(arch)
-            _CACHE[key] = measure_model(space.build(arch, num_classes=target.num_classes), target.input_shape,
-                                        protocol=protocol)
+            _CACHE[key] = measure_model(*_target_model(space, arch), protocol=protocol)
     return _CACHE[key]
 
 
-def _measure_remote(space_name: str, space_options: dict[str, Any], arch_json: str,
-                    protocol: dict[str, Any]) -> dict[str, Any]:
-    """What a Ray node runs: build the architecture from the registry and time it there."""
-    from ..arch import Arch
-    from ..registry import SPACES
-
-    space = SPACES.create(space_name, **space_options)
-    arch = Arch.from_json(arch_json)
+def _target_model(space: SearchSpace, arch: Arch) -> tuple[nn.Module, tuple[int, ...]]:
+    """`arch` built at its target configuration, and the input shape it takes there."""
     target = space.target(arch)
-    model = space.build(arch, num_classes=target.num_classes)
-    return measure_model(model, target.input_shape, protocol=Protocol.from_dict(protocol)).to_dict()
+    return space.build(arch, num_classes=target.num_classes), tuple(target.input_shape)
+
+
+def _measure_remote(model: nn.Module, input_shape: tuple[int, ...], protocol: dict[str, Any]) -> dict[str, Any]:
+    """What a Ray node runs: time the model the driver built and shipped (so the node needs no registry)."""
+    return measure_model(model, input_shape, protocol=Protocol.from_dict(protocol)).to_dict()
 
 
 def _measure_on_ray(space: SearchSpace, arch: Arch, protocol: Protocol) -> Latency:
@@ -312,7 +310,7 @@ def _measure_on_ray(space: SearchSpace, arch: Arch, protocol: Protocol) -> Laten
     task = ray.remote(_measure_remote).options(
         resources={resource: 1}, num_cpus=protocol.threads if on_node.device == "cpu" else 0,
         num_gpus=1 if on_node.device.startswith("cuda") else 0, max_retries=1)
-    ref = task.remote(space.name, dict(space.options), arch.to_json(), on_node.to_dict())
+    ref = task.remote(*_target_model(space, arch), on_node.to_dict())
     figure = Latency.from_dict(ray.get(ref))
     return replace(figure, protocol=protocol)
 

@@ -13,7 +13,7 @@ which `nasplat latency fit SPACE --measured latency.csv` reads back:
     README.txt             the two commands
 
 The models are exported with the TorchScript-based ONNX exporter (`dynamo=False`) at the fixed sample
-shape: it was many times faster here than the dynamo exporter of `nasplat.export.write_onnx` (the one used
+shape: it was many times faster here than the dynamo exporter of `nasplat.conversion.write_onnx` (the one used
 as a fallback), which would make a sample of 50 take minutes (an ad-hoc timing, not a benchmark). Each file is checked once
 against PyTorch with onnxruntime before it is listed.
 """
@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UserError
 from ..files import sha256, write_json
 from ..space import Choice, FloatRange, IntRange
 from .flops import measure
@@ -123,18 +124,18 @@ def choose(space: SearchSpace, n: int, *, seed: int = 0, constraints: Sequence[C
     without them TinyNet's width is always 1, and the sample would never vary it.
     """
     if n < 1:
-        raise ValueError(f"a latency sample needs at least one architecture, got n={n}")
+        raise UserError(f"a latency sample needs at least one architecture, got n={n}")
     count = candidates if candidates is not None else default_candidates(n)
     if count < n:
-        raise ValueError(f"candidates={count} is fewer than the {n} architectures asked for")
+        raise UserError(f"candidates={count} is fewer than the {n} architectures asked for")
     archs = pool(space, count, seed=seed, constraints=constraints, progress=progress)
     constant: list[Arch] = []
     while True:
         if len(archs) < n:
             budget = f" meeting {', '.join(map(str, constraints))}" if constraints else ""
             dropped = f", besides {len(constant)} whose output does not depend on the input" if constant else ""
-            raise ValueError(f"only {len(archs)} distinct {space.name} architectures{budget} were found{dropped}; "
-                             f"ask for at most {len(archs)}" + (" or loosen the constraints" if constraints else ""))
+            raise UserError(f"only {len(archs)} distinct {space.name} architectures{budget} were found{dropped}; "
+                            f"ask for at most {len(archs)}" + (" or loosen the constraints" if constraints else ""))
         picked = [archs[i] for i in _farthest_points(space, archs, n)]
         found = [a for a in picked if _ignores_input(space, a)]
         if not found:
@@ -152,7 +153,7 @@ def _ignores_input(space: SearchSpace, arch: Arch) -> bool:
     at all, whose time says nothing about the ops the predictor is fitted on."""
     import torch
 
-    from ..export import leaves
+    from ..conversion import leaves
 
     shape = space.target(arch).input_shape
     with torch.random.fork_rng(devices=[]):
@@ -240,7 +241,7 @@ def write_sample(space: SearchSpace, n: int, *, out: Path, runtime: str = "onnxr
     from .latency import Protocol
 
     if runtime not in RUNTIMES:
-        raise ValueError(f"latency sample runtime {runtime!r} is not supported; accepted: {', '.join(RUNTIMES)}")
+        raise UserError(f"latency sample runtime {runtime!r} is not supported; accepted: {', '.join(RUNTIMES)}")
     protocol = Protocol(runtime=runtime, batch=batch, threads=threads)  # checks batch and threads
     out = Path(out)
     say = progress or (lambda line: None)
@@ -319,7 +320,7 @@ def _export_checked(space: SearchSpace, arch: Arch, path: Path, shape: tuple[int
     a temporary file, and checks it against PyTorch; returns the manifest fields it adds."""
     import torch
 
-    from ..export import quiet_torch
+    from ..conversion import quiet_torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(arch.key(), 16) % (2 ** 31))
@@ -343,7 +344,7 @@ def _export(model: nn.Module, path: Path, shape: tuple[int, ...]) -> dict[str, A
     nasplat's dynamo export (`write_onnx`, with a dynamic batch axis)."""
     import torch
 
-    from ..export import ONNX_OPSET, leaves, write_onnx
+    from ..conversion import ONNX_OPSET, leaves, write_onnx
 
     x = torch.zeros(shape)
     with torch.no_grad():
@@ -365,7 +366,7 @@ def _check(model: nn.Module, path: Path, shape: tuple[int, ...], *, final: Path)
     import onnxruntime
     import torch
 
-    from ..export import allowed_difference, leaves
+    from ..conversion import allowed_difference, leaves
 
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -373,14 +374,14 @@ def _check(model: nn.Module, path: Path, shape: tuple[int, ...], *, final: Path)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     output = session.run(None, {node.name: x.numpy() for node in session.get_inputs()[:1]})
     if [o.shape for o in output] != [r.shape for r in reference]:
-        raise ValueError(f"{final} gives outputs of shapes {[o.shape for o in output]}, PyTorch "
-                         f"{[r.shape for r in reference]}; the export is wrong and was not written")
+        raise UserError(f"{final} gives outputs of shapes {[o.shape for o in output]}, PyTorch "
+                        f"{[r.shape for r in reference]}; the export is wrong and was not written")
     diff = max(float(np.abs(o - r).max()) if r.size else 0.0 for o, r in zip(output, reference))
     scale = max(float(np.abs(r).max()) if r.size else 0.0 for r in reference)
     allowed = allowed_difference([torch.from_numpy(r) for r in reference])
     if not diff <= allowed:  # NaN fails too
-        raise ValueError(f"{final} differs from PyTorch by {diff:.3g} (max abs; largest output {scale:.3g}, "
-                         f"allowed {allowed:.3g}); the export is wrong and was not written")
+        raise UserError(f"{final} differs from PyTorch by {diff:.3g} (max abs; largest output {scale:.3g}, "
+                        f"allowed {allowed:.3g}); the export is wrong and was not written")
     return {"max_abs_diff": diff, "max_abs_output": scale}
 
 
