@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from .errors import UserError
+
 Value = Any  # int, float, str, bool, or (nested) tuples of them
 
 
@@ -33,7 +35,7 @@ class Arch(Mapping[str, Value]):
 
     def __init__(self, space: str, params: Mapping[str, Any]):
         if not isinstance(space, str) or not space:
-            raise ValueError("an Arch needs the name of its search space")
+            raise UserError("an Arch needs the name of its search space")
         frozen = {str(k): _freeze(v) for k, v in sorted(params.items())}
         object.__setattr__(self, "_space", space)
         object.__setattr__(self, "_params", frozen)
@@ -82,7 +84,7 @@ class Arch(Mapping[str, Value]):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Arch:
         if not isinstance(data, Mapping) or "space" not in data or not isinstance(data.get("params"), Mapping):
-            raise ValueError('an architecture must be a JSON object {"space": NAME, "params": {...}}')
+            raise UserError('an architecture must be a JSON object {"space": NAME, "params": {...}}')
         return cls(data["space"], data["params"])
 
     @classmethod

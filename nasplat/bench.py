@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .arch import Arch
 from .constraints import Constraint
+from .errors import UserError
 from .files import write_json
 from .cost.device_table import DeviceTable
 from .registry import SPACES, STRATEGIES
@@ -106,7 +107,7 @@ def run_benchmark(bench: Benchmark, *, strategies: Sequence[str], seeds: int, bu
     of the table's own front."""
     console = console or Console(stderr=True)
     if not strategies:
-        raise ValueError("name at least one strategy")
+        raise UserError("name at least one strategy")
     for name in strategies:
         STRATEGIES.get(split_spec(name)[0])
     # the searches are quiet; libraries that log each study they create (Optuna) would fill the screen
@@ -114,7 +115,7 @@ def run_benchmark(bench: Benchmark, *, strategies: Sequence[str], seeds: int, bu
     space = SPACES.create(bench.space)
     objectives = list(objectives)
     if "latency" in objectives and latency is None:
-        raise ValueError("--objective accuracy,latency needs a latency source: give --device table:COLUMN")
+        raise UserError("--objective accuracy,latency needs a latency source: give --device table:COLUMN")
     constraints = [Constraint("latency", latency.limit)] if latency is not None and latency.limit is not None else []
     source = {"column": latency.device.column, "path": str(latency.device.path)} if latency is not None else None
     base = SearchConfig(space=bench.space, task=bench.task, trials=None, budget=budget, epochs=epochs,
@@ -122,7 +123,7 @@ def run_benchmark(bench: Benchmark, *, strategies: Sequence[str], seeds: int, bu
                         device_table=source if (constraints or "latency" in objectives) else None)
     task = build_task(base, space)
     if not isinstance(task, TableTask):
-        raise ValueError(f"task {bench.task!r} does not answer from a CSV table")
+        raise UserError(f"task {bench.task!r} does not answer from a CSV table")
     settings = {"budget": budget, "epochs": epochs or task.default_epochs, "task": task.describe(),
                 **(latency.settings() if latency is not None else {}),
                 **({"objectives": objectives} if len(objectives) > 1 else {})}
@@ -199,8 +200,8 @@ def _read_record(path: Path, settings: Mapping[str, Any]) -> dict[str, Any] | No
     except ValueError:
         return None  # a damaged file is redone
     if record.get("settings") != json.loads(json.dumps(settings)):
-        raise ValueError(f"{path} was written under other settings ({record.get('settings')}); give another --out "
-                         f"or remove it")
+        raise UserError(f"{path} was written under other settings ({record.get('settings')}); give another --out "
+                        f"or remove it")
     return record
 
 
@@ -356,7 +357,7 @@ def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"strategy {spec!r}: give options as name:key=value, e.g. bayesian:sampler=nsga2")
+            raise UserError(f"strategy {spec!r}: give options as name:key=value, e.g. bayesian:sampler=nsga2")
         options[key] = value
     return name, options
 

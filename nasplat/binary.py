@@ -12,14 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
+
 Mode = Literal["none", "weights", "both"]
 MODES: tuple[str, ...] = ("none", "weights", "both")  # full precision; weights only (BNAS); weights and activations
 
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"unknown binarization {mode!r}; use none (full precision), weights (XNOR weights, "
-                         f"BNAS) or both (weights and activations, 1-bit BNAS and CP-NAS)")
+        raise UserError(f"unknown binarization {mode!r}; use none (full precision), weights (XNOR weights, "
+                        f"BNAS) or both (weights and activations, 1-bit BNAS and CP-NAS)")
     return mode
 
 

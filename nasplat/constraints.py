@@ -5,6 +5,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UserError
 from .units import format_count, format_ms, parse_count, parse_time
 
 # metric -> the label users see (the papers' "FLOPs" are multiply-accumulates: MACs; latency is in ms)
@@ -30,9 +31,9 @@ class Constraint:
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
-            raise ValueError(f"unknown constraint metric {self.metric!r}; known: {', '.join(METRICS)}")
+            raise UserError(f"unknown constraint metric {self.metric!r}; known: {', '.join(METRICS)}")
         if not self.limit > 0:
-            raise ValueError(f"the {METRICS[self.metric]} limit must be positive, got {self.limit}")
+            raise UserError(f"the {METRICS[self.metric]} limit must be positive, got {self.limit}")
 
     def holds(self, costs: Mapping[str, float]) -> bool:
         return costs[self.metric] <= self.limit

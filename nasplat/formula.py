@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .constraints import Constraint, limit_of
+from .errors import UserError
 from .run import RunDir
 from .units import format_count, parse_count
 
@@ -41,7 +42,7 @@ class Formula:
     @classmethod
     def fit(cls, space: str, points: Sequence[Mapping[str, float]]) -> Formula:
         if len({p["budget"] for p in points}) < 2:
-            raise ValueError("the formula needs the best models of at least two budgets")
+            raise UserError("the formula needs the best models of at least two budgets")
         x = np.log([[p["budget"]] for p in points])
         theta = {}
         for name in FITTED:
@@ -62,10 +63,10 @@ class Formula:
         from .registry import SPACES
 
         if space != self.space:
-            raise ValueError(f"the formula was fitted on space {self.space!r}, not {space!r}")
+            raise UserError(f"the formula was fitted on space {self.space!r}, not {space!r}")
         budget = limit_of(constraints, "macs")
         if budget is None:
-            raise ValueError("--prior needs a MAC budget (--flops) to predict for")
+            raise UserError("--prior needs a MAC budget (--flops) to predict for")
         params = SPACES.create(space).parameters()
         point = self.predict(budget)
         return [{k: min(params[k].high, max(params[k].low, v)) for k, v in point.items()}]
@@ -80,9 +81,9 @@ class Formula:
             data = json.loads(Path(path).read_text())
             return cls(data["space"], data["points"], data["theta"])
         except FileNotFoundError:
-            raise ValueError(f"--prior {path}: no such file (make one with `nasplat formula`)") from None
+            raise UserError(f"--prior {path}: no such file (make one with `nasplat formula`)") from None
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"--prior {path} is not a formula file written by `nasplat formula` ({exc})") from None
+            raise UserError(f"--prior {path} is not a formula file written by `nasplat formula` ({exc})") from None
 
 
 def _search_budget(space: str, limit: float, *, folder: Path, trials: int, epochs: int | None, seed: int,

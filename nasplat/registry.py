@@ -12,10 +12,12 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
+from .errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownName(LookupError):
+class UnknownName(UserError, LookupError):
     """Raised for a name no plug-in registered; the message lists the known names."""
 
 

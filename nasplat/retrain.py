@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .arch import Arch
+from .errors import UserError
 from .export import export_bundle, read_bundle
 from .registry import SPACES
 from .run import RunDir
@@ -28,8 +29,8 @@ def retrain(run_dir: str | Path, *, epochs: int, data: str | None = None, seed: 
         config.task_options = {**config.task_options, "data": data}
     task = build_task(config, space)
     if isinstance(task, TabularTask):
-        raise ValueError(f"run {run.path} was answered from a table (task {task.name!r}), which trains nothing; "
-                         f"`nasplat export {run.path} --target --out DIR` gives its untrained network")
+        raise UserError(f"run {run.path} was answered from a table (task {task.name!r}), which trains nothing; "
+                        f"`nasplat export {run.path} --target --out DIR` gives its untrained network")
     model = space.build(arch, num_classes=task.num_classes)
     size = task.input_size(space.proxy_scale(arch))
 

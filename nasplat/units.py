@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 import re
 
+from .errors import UserError
+
 _COUNT = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _TIME = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
@@ -11,7 +13,7 @@ _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 
 def _positive(value: float, text: str, what: str) -> float:
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what} must be positive, got {text!r}")
+        raise UserError(f"{what} must be positive, got {text!r}")
     return value
 
 
@@ -21,7 +23,7 @@ def parse_count(text: str | float | int, *, what: str = "count") -> float:
         return _positive(float(text), str(text), what)
     match = re.fullmatch(_NUMBER + r"\s*([kKmMgGtT]?)", str(text).strip())
     if not match:
-        raise ValueError(f"{what} {text!r} is not a number with an optional K/M/G/T suffix, e.g. 24M or 1.5G")
+        raise UserError(f"{what} {text!r} is not a number with an optional K/M/G/T suffix, e.g. 24M or 1.5G")
     return _positive(float(match.group(1)) * _COUNT[match.group(2).upper()], str(text), what)
 
 
@@ -31,7 +33,7 @@ def parse_time(text: str | float | int, *, what: str = "time") -> float:
         return _positive(float(text), str(text), what)
     match = re.fullmatch(_NUMBER + r"\s*(us|ms|s|min|m|h)?", str(text).strip())
     if not match:
-        raise ValueError(f"{what} {text!r} is not a duration such as 5ms, 30s, 10min or 2h")
+        raise UserError(f"{what} {text!r} is not a duration such as 5ms, 30s, 10min or 2h")
     return _positive(float(match.group(1)) * _TIME[match.group(2) or "s"], str(text), what)
 
 

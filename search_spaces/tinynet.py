@@ -28,6 +28,7 @@ from nasplat.arch import Arch
 from nasplat.constraints import Constraint
 from nasplat.cost import CostModel, count_macs, count_params, measure
 from nasplat.cost.lut import Unit
+from nasplat.errors import UserError
 from nasplat.registry import register_space
 from nasplat.space import FloatRange, Param, SearchSpace, Target
 
@@ -69,7 +70,7 @@ def scale_depth(repeats: int, d: float, *, depth_trunc: Literal["round", "ceil"]
         return max(1, round(repeats * d))
     if depth_trunc == "ceil":
         return max(1, math.ceil(repeats * d))
-    raise ValueError(f"depth_trunc must be 'round' or 'ceil', not {depth_trunc!r}")
+    raise UserError(f"depth_trunc must be 'round' or 'ceil', not {depth_trunc!r}")
 
 
 _TOKEN = re.compile(r"([a-z]+)(\d+(?:\.\d+)?)")
@@ -98,7 +99,7 @@ class Stage:
         fields = {m[1]: m[2] for m in matches if m}
         names = {"r": "repeats", "k": "kernel", "s": "stride", "e": "expand", "c": "channels"}
         if kind not in ("ds", "ir") or not all(matches) or sorted(fields) != sorted([*names, "se"]):
-            raise ValueError(f"cannot read block string {text!r}; expected e.g. ir_r2_k3_s2_e6_c24_se0.25")
+            raise UserError(f"cannot read block string {text!r}; expected e.g. ir_r2_k3_s2_e6_c24_se0.25")
         return cls(kind, se=float(fields["se"]), **{name: int(fields[key]) for key, name in names.items()})
 
     def __str__(self) -> str:
@@ -124,7 +125,7 @@ class Layout:
 def scaled_layout(w: float, d: float, *, convention: Convention = "tinynet") -> Layout:
     """B0 scaled to width multiplier w and depth multiplier d under the named convention."""
     if convention not in ("tinynet", "efficientnet"):
-        raise ValueError(f"convention must be 'tinynet' or 'efficientnet', not {convention!r}")
+        raise UserError(f"convention must be 'tinynet' or 'efficientnet', not {convention!r}")
     tiny = convention == "tinynet"
     trunc: Literal["round", "ceil"] = "round" if tiny else "ceil"
     stages = tuple(replace(s, repeats=scale_depth(s.repeats, d, depth_trunc=trunc),
@@ -334,9 +335,9 @@ class TinyNetSpace(SearchSpace):
     def validate(self, arch: Arch) -> None:
         super().validate(arch)
         if "w" not in arch:
-            raise ValueError("architecture lacks the width 'w' (complete() solves it)")
+            raise UserError("architecture lacks the width 'w' (complete() solves it)")
         if not W_RANGE.contains(arch["w"]):
-            raise ValueError(f"parameter 'w'={arch['w']!r} lies outside {W_RANGE}")
+            raise UserError(f"parameter 'w'={arch['w']!r} lies outside {W_RANGE}")
 
     def complete(self, params: Mapping[str, Any], *, constraints: Sequence[Constraint] = (),
                  costs: CostModel | None = None) -> Arch:
@@ -484,7 +485,7 @@ def inverse_compound_baseline(budget_macs: float, *, phi_range: tuple[float, flo
     lo, hi = (round(p * 1000) for p in phi_range)
     low = compound_scaled(lo / 1000)
     if low.macs > budget_macs:
-        raise ValueError(f"budget {budget_macs:.4g} MACs is below B0 at phi={lo / 1000} ({low.macs:.4g})")
+        raise UserError(f"budget {budget_macs:.4g} MACs is below B0 at phi={lo / 1000} ({low.macs:.4g})")
     best = low
     while hi - lo > 1:  # invariant: phi=lo/1000 fits; phi=hi/1000 breaks or is the range's (open) top
         mid = (lo + hi) // 2

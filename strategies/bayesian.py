@@ -18,6 +18,7 @@ from optuna.samplers import BaseSampler
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from nasplat.errors import UserError
 from nasplat.registry import register_strategy
 from nasplat.space import Choice, FloatRange, IntRange, Param
 from nasplat.strategy import OBJECTIVES, Result, Strategy, Trial
@@ -61,7 +62,7 @@ def _distribution(param: Param) -> BaseDistribution:
         return IntDistribution(param.low, high, step=param.step)
     if isinstance(param, FloatRange):
         return FloatDistribution(param.low, param.high, log=param.log)
-    raise TypeError(f"the bayesian strategy cannot search a {type(param).__name__} parameter")
+    raise UserError(f"the bayesian strategy cannot search a {type(param).__name__} parameter")
 
 
 @register_strategy("bayesian")
@@ -84,14 +85,14 @@ class BayesianSearch(Strategy):
 
     def __init__(self, space: SearchSpace, *, sampler: str = "tpe", storage: str = "journal", **common: Any):
         if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+            raise UserError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
         if storage not in STORAGES:
-            raise ValueError(f"unknown storage {storage!r}; use journal (the study in the run directory, for "
-                             f"--resume and optuna-dashboard) or memory (faster; a killed search starts over)")
+            raise UserError(f"unknown storage {storage!r}; use journal (the study in the run directory, for "
+                            f"--resume and optuna-dashboard) or memory (faster; a killed search starts over)")
         super().__init__(space, **common)
         if len(self.objectives) > 1 and sampler in _SINGLE_OBJECTIVE:
-            raise ValueError(f"sampler {sampler!r} optimises one objective; for --objective "
-                             f"{','.join(self.objectives)} use tpe, nsga2, gp or random")
+            raise UserError(f"sampler {sampler!r} optimises one objective; for --objective "
+                            f"{','.join(self.objectives)} use tpe, nsga2, gp or random")
         workdir = self.workdir
         self.sampler_name = sampler
         self._params = space.parameters()
@@ -99,7 +100,7 @@ class BayesianSearch(Strategy):
         for point in self.initial:
             for name, value in point.items():
                 if name in self._params and not self._params[name].contains(value):
-                    raise ValueError(f"initial point {point}: {name}={value!r} lies outside {self._params[name]}")
+                    raise UserError(f"initial point {point}: {name}={value!r} lies outside {self._params[name]}")
         self.storage = storage
         if workdir is None or storage == "memory":
             self._storage: optuna.storages.BaseStorage = optuna.storages.InMemoryStorage()
@@ -186,8 +187,8 @@ class BayesianSearch(Strategy):
         Trials in flight at the snapshot stay RUNNING: the runner reruns them with the same Arch and tells them.
         """
         if self.workdir is None or self.storage == "memory":
-            raise ValueError("the bayesian strategy resumes from its study on disk: this search kept it in memory "
-                             "(storage=memory, or no run directory), so it cannot resume; start it again")
+            raise UserError("the bayesian strategy resumes from its study on disk: this search kept it in memory "
+                            "(storage=memory, or no run directory), so it cannot resume; start it again")
         super().restore(state)
         self._numbers = {int(trial_id): int(number) for trial_id, number in state["in_flight"]}
         known = set(self._numbers.values())

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nasplat.arch import Arch
+from nasplat.errors import UserError
 from nasplat.registry import register_strategy
 from nasplat.strategy import Result, Strategy, Trial
 
@@ -49,8 +50,8 @@ class RegularizedEvolution(_MutationStrategy):
 
     def __init__(self, space: SearchSpace, *, population: int = 10, tournament: int = 3, **common: Any):
         if not 1 <= tournament <= population:
-            raise ValueError(f"evolution needs 1 <= tournament <= population, got tournament={tournament}, "
-                             f"population={population}")
+            raise UserError(f"evolution needs 1 <= tournament <= population, got tournament={tournament}, "
+                            f"population={population}")
         super().__init__(space, **common)
         self.population_size = population
         self.tournament = tournament
@@ -104,7 +105,7 @@ class LocalSearch(_MutationStrategy):
 
     def __init__(self, space: SearchSpace, *, samples: int = 8, **common: Any):
         if samples < 1:
-            raise ValueError(f"local search needs samples >= 1, got {samples}")
+            raise UserError(f"local search needs samples >= 1, got {samples}")
         super().__init__(space, **common)
         self.samples = samples
         # architectures are held by key (the canonical JSON of their parameters): cheap to snapshot

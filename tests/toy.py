@@ -11,6 +11,7 @@ import time
 import torch
 from torch import nn
 
+from nasplat.errors import UserError
 from nasplat.registry import SPACES, register_space, register_task
 from nasplat.space import Choice, FloatRange, SearchSpace, Target
 from nasplat.tasks.base import Task
@@ -48,7 +49,7 @@ class ToyTask(Task):
 
     def __init__(self, *, data: str = "toy"):
         if data != "toy":
-            raise ValueError(f"toy task: unknown data {data!r}; use 'toy'")
+            raise UserError(f"toy task: unknown data {data!r}; use 'toy'")
 
     def train_eval(self, model, *, input_size, epochs, seed, on_epoch=None):
         g = torch.Generator().manual_seed(1234)

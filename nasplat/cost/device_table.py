@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UserError
 from ..tasks.tabular import Table, load_table
 from .latency import LatencyError
 
@@ -34,7 +35,7 @@ def parse_percentile(text: str) -> float | None:
     except ValueError:
         value = math.nan
     if not 0 < value < 100:
-        raise ValueError(f"--latency {text}: a percentile limit is pNN with 0 < NN < 100, e.g. p25")
+        raise UserError(f"--latency {text}: a percentile limit is pNN with 0 < NN < 100, e.g. p25")
     return value
 
 
@@ -67,8 +68,8 @@ class DeviceTable:
         try:
             table = load_table(path, key=KEY)
             if column not in table.columns or column == KEY:
-                raise ValueError(f"--device table:{column}: {path} has no column {column!r}; its device columns: "
-                                 f"{', '.join(latency_columns(table)) or 'none'}")
+                raise UserError(f"--device table:{column}: {path} has no column {column!r}; its device columns: "
+                                f"{', '.join(latency_columns(table)) or 'none'}")
             table.numeric(column, what="latency column")
         except ValueError as exc:
             raise LatencyError(str(exc)) from None

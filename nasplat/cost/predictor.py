@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import UserError
 from ..files import write_json
 from ..tasks.tabular import load_table
 from .device_table import KEY, latency_columns
@@ -103,9 +104,9 @@ def read_measured(space: SearchSpace, path: str | Path) -> list[tuple[Arch, floa
             header = [name.strip() for name in reader.fieldnames or []]
             missing = [c for c in (KEY, LATENCY) if c not in header]
             if missing:
-                raise ValueError(f"{where} line 1: the header lacks {' and '.join(repr(c) for c in missing)} (it "
-                                 f"has: {', '.join(repr(h) for h in header) or 'nothing'}); expected a header "
-                                 f"row like `{KEY},{LATENCY}`, then one architecture and its latency in ms a row")
+                raise UserError(f"{where} line 1: the header lacks {' and '.join(repr(c) for c in missing)} (it "
+                                f"has: {', '.join(repr(h) for h in header) or 'nothing'}); expected a header "
+                                f"row like `{KEY},{LATENCY}`, then one architecture and its latency in ms a row")
             reader.fieldnames = header
             figures: dict[Arch, list[float]] = {}
             for record in reader:
@@ -114,27 +115,27 @@ def read_measured(space: SearchSpace, path: str | Path) -> list[tuple[Arch, floa
                 try:
                     arch = space.parse(text)
                 except ValueError as exc:
-                    raise ValueError(f"{where} line {line}: {_one_line(exc)}") from None
+                    raise UserError(f"{where} line {line}: {_one_line(exc)}") from None
                 try:
                     ms = float(value)
                 except ValueError:
-                    raise ValueError(f"{where} line {line}: {LATENCY} {value!r} is not a number; give the "
-                                     f"latency in milliseconds, e.g. 12.5") from None
+                    raise UserError(f"{where} line {line}: {LATENCY} {value!r} is not a number; give the "
+                                    f"latency in milliseconds, e.g. 12.5") from None
                 if not (math.isfinite(ms) and ms > 0):
-                    raise ValueError(f"{where} line {line}: {LATENCY} {value!r} is not a latency; give a "
-                                     f"positive, finite number of milliseconds")
+                    raise UserError(f"{where} line {line}: {LATENCY} {value!r} is not a latency; give a "
+                                    f"positive, finite number of milliseconds")
                 figures.setdefault(arch, []).append(ms)
     except FileNotFoundError:
-        raise ValueError(f"{where}: no such file; give a CSV file with a header `{KEY},{LATENCY}` and one "
-                         f"measured architecture a row") from None
+        raise UserError(f"{where}: no such file; give a CSV file with a header `{KEY},{LATENCY}` and one "
+                        f"measured architecture a row") from None
     except IsADirectoryError:
-        raise ValueError(f"{where} is a directory, not a CSV file of `{KEY},{LATENCY}` rows") from None
+        raise UserError(f"{where} is a directory, not a CSV file of `{KEY},{LATENCY}` rows") from None
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{where} is not a readable CSV file ({_one_line(exc)}); expected UTF-8 text with a "
-                         f"header `{KEY},{LATENCY}`") from None
+        raise UserError(f"{where} is not a readable CSV file ({_one_line(exc)}); expected UTF-8 text with a "
+                        f"header `{KEY},{LATENCY}`") from None
     if len(figures) < MIN_MEASURED:
-        raise ValueError(f"{where} holds {len(figures)} distinct architecture{'s' * (len(figures) != 1)}; a "
-                         f"predictor needs at least {MIN_MEASURED} (10 or more recommended)")
+        raise UserError(f"{where} holds {len(figures)} distinct architecture{'s' * (len(figures) != 1)}; a "
+                        f"predictor needs at least {MIN_MEASURED} (10 or more recommended)")
     return [(arch, sum(values) / len(values)) for arch, values in figures.items()]
 
 
@@ -216,7 +217,7 @@ def reference_design(space: SearchSpace, path: str | Path) -> ReferenceDesign:
     try:
         stat = resolved.stat()
     except OSError as exc:
-        raise ValueError(f"reference latency table {path} cannot be read ({exc.strerror or exc})") from None
+        raise UserError(f"reference latency table {path} cannot be read ({exc.strerror or exc})") from None
     key = (space.name, json.dumps(dict(space.options), sort_keys=True, default=str), resolved, stat.st_mtime_ns,
            stat.st_size)
     if key not in _DESIGNS:
@@ -240,8 +241,8 @@ def _design(space: SearchSpace, path: Path) -> ReferenceDesign:
         try:
             arch = space.parse(key)
         except ValueError as exc:
-            raise ValueError(f"reference latency table {path}: row {key!r} names no {space.name} architecture "
-                             f"({_one_line(exc)})") from None
+            raise UserError(f"reference latency table {path}: row {key!r} names no {space.name} architecture "
+                            f"({_one_line(exc)})") from None
         features = structure_features(space, arch)
         for feature in features:
             names.setdefault(feature, len(names))
@@ -362,13 +363,13 @@ def fit_predictor(space: SearchSpace, measured: Sequence[tuple[Arch, float]], *,
     measured = [(arch, float(ms)) for arch, ms in measured]
     distinct = {arch for arch, _ in measured}
     if len(distinct) < MIN_MEASURED:
-        raise ValueError(f"a latency predictor needs at least {MIN_MEASURED} measured architectures, got "
-                         f"{len(distinct)} (10 or more recommended)")
+        raise UserError(f"a latency predictor needs at least {MIN_MEASURED} measured architectures, got "
+                        f"{len(distinct)} (10 or more recommended)")
     if len(distinct) < len(measured):
-        raise ValueError("measured latencies list an architecture twice; average them first (read_measured does)")
+        raise UserError("measured latencies list an architecture twice; average them first (read_measured does)")
     bad = [ms for _, ms in measured if not (math.isfinite(ms) and ms > 0)]
     if bad:
-        raise ValueError(f"measured latency {bad[0]!r} is not a positive, finite number of milliseconds")
+        raise UserError(f"measured latency {bad[0]!r} is not a positive, finite number of milliseconds")
     for arch, _ in measured:
         space.validate(arch)
     if reference is None:
@@ -377,7 +378,7 @@ def fit_predictor(space: SearchSpace, measured: Sequence[tuple[Arch, float]], *,
         data = _fit_reference(space, measured, Path(reference), exclude)
     else:
         if exclude:
-            raise ValueError(f"exclude={list(exclude)}: there is no reference table to exclude columns of")
+            raise UserError(f"exclude={list(exclude)}: there is no reference table to exclude columns of")
         data = _fit_structure(space, measured, lut)
     data["fit"]["seed"] = seed
     return LatencyPredictor(data, lut=lut)
@@ -388,17 +389,17 @@ def _fit_reference(space: SearchSpace, measured: list[tuple[Arch, float]], refer
     design = reference_design(space, reference)
     unknown = [c for c in exclude if c not in design.columns]
     if unknown:
-        raise ValueError(f"exclude: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not "
-                         f"a column of {reference}; its columns: {', '.join(design.columns)}")
+        raise UserError(f"exclude: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not "
+                        f"a column of {reference}; its columns: {', '.join(design.columns)}")
     columns = [c for c in design.columns if c not in exclude]
     if not columns:
-        raise ValueError(f"exclude hides every column of {reference}; keep at least one reference device")
+        raise UserError(f"exclude hides every column of {reference}; keep at least one reference device")
     rows = []
     for arch, _ in measured:
         key = space.to_text(arch)
         if key not in design.index:
-            raise ValueError(f"reference latency table {reference} has no row for the measured {space.name} "
-                             f"architecture {key!r}")
+            raise UserError(f"reference latency table {reference} has no row for the measured {space.name} "
+                            f"architecture {key!r}")
         rows.append(design.index[key])
     y_all = np.array([ms for _, ms in measured])
     connected = design.connected[rows]
@@ -445,8 +446,8 @@ def _fit_structure(space: SearchSpace, measured: list[tuple[Arch, float]], lut: 
     prior = basis[:, [names.index(name) for name in prior_names]]
     if (prior <= 0).any():
         name = prior_names[int(np.argmax((prior <= 0).any(0)))]
-        raise ValueError(f"cannot fit: a measured architecture has a {name} of zero or less; its latency cannot be "
-                         f"a multiple of it")
+        raise UserError(f"cannot fit: a measured architecture has a {name} of zero or less; its latency cannot be "
+                        f"a multiple of it")
     bias, basis_weights, prior_weights, info = _fit_both(prior, basis, y, prior_names)
     coef = dict(zip(names, basis_weights.tolist()))
     for name, weight in zip(prior_names, prior_weights):
@@ -494,8 +495,8 @@ class LatencyPredictor:
     def check(self, space: SearchSpace) -> None:
         """Refuses (ValueError, one line) a space other than the one the predictor was fitted for."""
         if space.name != self.space:
-            raise ValueError(f"latency predictor {self._name} was fitted for space {self.space!r}, not "
-                             f"{space.name!r}; fit one on architectures of {space.name} measured on the device")
+            raise UserError(f"latency predictor {self._name} was fitted for space {self.space!r}, not "
+                            f"{space.name!r}; fit one on architectures of {space.name} measured on the device")
 
     def predict(self, space: SearchSpace, arch: Arch) -> float:
         """The device's latency of `arch` in ms."""
@@ -552,35 +553,35 @@ class LatencyPredictor:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ValueError(f"{where}: no such file (fit one with `nasplat latency fit`)") from None
+            raise UserError(f"{where}: no such file (fit one with `nasplat latency fit`)") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{where} is not a readable JSON file ({_one_line(exc)})") from None
+            raise UserError(f"{where} is not a readable JSON file ({_one_line(exc)})") from None
         if not isinstance(data, dict) or data.get("kind") != KIND:
-            raise ValueError(f"{path} is no nasplat latency predictor (it lacks \"kind\": \"{KIND}\"); fit one "
-                             f"with `nasplat latency fit`")
+            raise UserError(f"{path} is no nasplat latency predictor (it lacks \"kind\": \"{KIND}\"); fit one "
+                            f"with `nasplat latency fit`")
         if data.get("format") != FORMAT:
-            raise ValueError(f"{where} has format {data.get('format')!r}; this nasplat reads format {FORMAT}")
+            raise UserError(f"{where} has format {data.get('format')!r}; this nasplat reads format {FORMAT}")
         missing = [k for k in ("space", "method", "n", "coef", "floor_ms", "columns") if k not in data]
         if missing or not isinstance(data["coef"], dict) or data["method"] not in ("reference-span", "structure"):
-            raise ValueError(f"{where} is damaged (it lacks or garbles {', '.join(missing) or 'coef/method'})")
+            raise UserError(f"{where} is damaged (it lacks or garbles {', '.join(missing) or 'coef/method'})")
         try:
             {str(k): float(v) for k, v in data["coef"].items()}
             float(data["floor_ms"])
         except (TypeError, ValueError):
-            raise ValueError(f"{where} is damaged (a coefficient is not a number)") from None
+            raise UserError(f"{where} is damaged (a coefficient is not a number)") from None
         if data.get("reference"):
             try:
                 table = load_table(data["reference"], key=KEY)
             except ValueError as exc:
-                raise ValueError(f"{where} was fitted from the reference table {data['reference']}, which cannot be "
-                                 f"read now ({_one_line(exc)})") from None
+                raise UserError(f"{where} was fitted from the reference table {data['reference']}, which cannot be "
+                                f"read now ({_one_line(exc)})") from None
             gone = [c for c in data["columns"] if c not in table.columns]
             if gone:
-                raise ValueError(f"{where} was fitted from columns {', '.join(gone)} of {data['reference']}, which "
-                                 f"it no longer has; refit it")
+                raise UserError(f"{where} was fitted from columns {', '.join(gone)} of {data['reference']}, which "
+                                f"it no longer has; refit it")
         if lut is None and data.get("lut_used"):
             if not data.get("lut"):
-                raise ValueError(f"{where} needs the lookup table it was fitted with, and names no file of it")
+                raise UserError(f"{where} needs the lookup table it was fitted with, and names no file of it")
             from .lut import LatencyTable
 
             lut = LatencyTable.load(data["lut"])

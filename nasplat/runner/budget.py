@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UserError
 from ..tasks.base import CHARGE, TabularTask
 
 if TYPE_CHECKING:
@@ -15,9 +16,9 @@ if TYPE_CHECKING:
 def check_budget(budget: float | None, task: Any) -> None:
     """A simulated budget needs a task that knows what a query costs before making it."""
     if budget is not None and not isinstance(task, TabularTask):
-        raise ValueError(f"a simulated-time budget needs a task answered from a table, and task "
-                         f"{getattr(task, 'name', type(task).__name__)!r} trains; bound its wall time with "
-                         f"--timeout instead")
+        raise UserError(f"a simulated-time budget needs a task answered from a table, and task "
+                        f"{getattr(task, 'name', type(task).__name__)!r} trains; bound its wall time with "
+                        f"--timeout instead")
 
 
 class SimulatedClock:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..arch import Arch
 from ..cost import CostModel
 from ..cost.latency import LatencyPlan, Protocol, fingerprint
+from ..errors import UserError
 from ..registry import SPACES, STRATEGIES, TASKS, Registry
 from ..tasks.base import TabularTask
 
@@ -86,8 +87,8 @@ def latency_limit(text: str | float, *, space: str, space_options: Mapping[str, 
     if q is None:
         return Constraint.parse("latency", text)
     if table is None:
-        raise ValueError(f"--latency {text} is a percentile of a device's latency table: give --device "
-                         f"table:COLUMN too, or a limit in time units such as 5ms")
+        raise UserError(f"--latency {text} is a percentile of a device's latency table: give --device "
+                        f"table:COLUMN too, or a limit in time units such as 5ms")
     found = device_table(create(SPACES, space, space_options or {}), column=table["column"], path=table.get("path"),
                          task=task, task_options=task_options)
     return Constraint("latency", found.percentile(q))
@@ -120,9 +121,9 @@ def check_options(registry: Registry[Any], name: str, options: Mapping[str, Any]
     unknown = sorted(set(options) - taken) if taken is not None else []
     if unknown:
         flag = {"search space": "--space-option", "strategy": "--strategy-option", "task": "--task-option"}
-        raise ValueError(f"{registry.kind} {name!r} takes no option {', '.join(map(repr, unknown))} "
-                         f"({flag.get(registry.kind, 'option')}); it takes: "
-                         f"{', '.join(sorted(taken - set(fixed) - COMMON_OPTIONS)) or 'none'}")
+        raise UserError(f"{registry.kind} {name!r} takes no option {', '.join(map(repr, unknown))} "
+                        f"({flag.get(registry.kind, 'option')}); it takes: "
+                        f"{', '.join(sorted(taken - set(fixed) - COMMON_OPTIONS)) or 'none'}")
     return cls
 
 

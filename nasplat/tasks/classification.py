@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from ..registry import register_task
 from . import datasets
 from .adversarial import fgsm, pgd
@@ -51,12 +52,12 @@ class ClassificationTask(ImageTask):
                  device: str = "cpu", threads: int | None = None, adversarial: str = "none",
                  adv_eps: float = 8 / 255, adv_step: float = 2 / 255, adv_iters: int = 7):
         if adversarial not in ADVERSARIAL:
-            raise ValueError(f"adversarial={adversarial!r} is not a training mode; use one of {', '.join(ADVERSARIAL)}")
+            raise UserError(f"adversarial={adversarial!r} is not a training mode; use one of {', '.join(ADVERSARIAL)}")
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (adv_eps, adv_step))
         if not (numbers and 0 <= adv_eps <= 1 and 0 < adv_step <= 1) or isinstance(adv_iters, bool) or \
                 not isinstance(adv_iters, int) or adv_iters < 1:
-            raise ValueError(f"adv_eps must lie in [0, 1] and adv_step in (0, 1] (pixel units, e.g. 8/255 = 0.0314), "
-                             f"adv_iters be an integer >= 1; got {adv_eps!r}, {adv_step!r}, {adv_iters!r}")
+            raise UserError(f"adv_eps must lie in [0, 1] and adv_step in (0, 1] (pixel units, e.g. 8/255 = 0.0314), "
+                            f"adv_iters be an integer >= 1; got {adv_eps!r}, {adv_step!r}, {adv_iters!r}")
         self.adversarial, self.adv_eps, self.adv_step, self.adv_iters = adversarial, adv_eps, adv_step, adv_iters
         super().__init__(batch_size=batch_size, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
                          limit_train=limit_train, limit_val=limit_val, device=device, threads=threads)

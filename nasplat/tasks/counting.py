@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..registry import register_task
 from . import crowd_data
 from .image_task import ImageTask, subset
@@ -60,7 +61,7 @@ class CountingTask(ImageTask):
                  spp_levels: Sequence[int] = LEVELS, limit_train: int | None = None,
                  limit_val: int | None = None, device: str = "cpu", threads: int | None = None):
         if loss not in LOSSES:
-            raise ValueError(f"loss={loss!r} is not a counting loss; use one of {', '.join(LOSSES)}")
+            raise UserError(f"loss={loss!r} is not a counting loss; use one of {', '.join(LOSSES)}")
         super().__init__(batch_size=batch_size, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
                          limit_train=limit_train, limit_val=limit_val, device=device, threads=threads)
         self.criterion = SPPLoss(levels=spp_levels) if loss == "spp" else nn.MSELoss()

@@ -23,6 +23,7 @@ from scipy.io import loadmat
 from scipy.io.matlab import MatReadError
 from scipy.spatial import cKDTree
 
+from ..errors import UserError
 from .datasets import IMAGE_SUFFIXES, VAL_FRACTION, Draw, cached_tensors, draw_background, hash_fraction, what_is
 
 
@@ -288,7 +289,7 @@ class ShanghaiTechSource(CrowdSource):
         self.text = text
         self.resolution = resolution
         if not path.is_dir():
-            raise ValueError(f"{text}: {path} {what_is(path)} ({SHANGHAITECH_EXPECTED})")
+            raise UserError(f"{text}: {path} {what_is(path)} ({SHANGHAITECH_EXPECTED})")
         if (path / "train_data").is_dir() and (path / "test_data").is_dir():
             self.train = _annotated_images(text, path / "train_data")
             self.val = _annotated_images(text, path / "test_data")
@@ -298,8 +299,8 @@ class ShanghaiTechSource(CrowdSource):
             self.train = [p for p, v in zip(pairs, in_val) if not v]
             self.val = [p for p, v in zip(pairs, in_val) if v]
             if not self.train or not self.val:
-                raise ValueError(f"{text}: the hash split of {len(pairs)} images in {path} left a split empty; "
-                                 f"give more images or separate train_data/ and test_data/ folders")
+                raise UserError(f"{text}: the hash split of {len(pairs)} images in {path} left a split empty; "
+                                f"give more images or separate train_data/ and test_data/ folders")
 
     def load(self) -> CrowdData:
         train_x, train_d = self._read(self.train)
@@ -319,7 +320,7 @@ class ShanghaiTechSource(CrowdSource):
                     width, height = image.size
                     rgb = image.convert("RGB").resize((side, side), resample=Image.Resampling.BILINEAR)
             except (OSError, UnidentifiedImageError) as error:
-                raise ValueError(f"{self.text}: cannot read image {image_path} ({error})") from None
+                raise UserError(f"{self.text}: cannot read image {image_path} ({error})") from None
             pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
             images[i] = pixels.view(side, side, 3).permute(2, 0, 1)
             density = density_map(points, height=height, width=width)
@@ -332,22 +333,22 @@ def read_points(path: Path) -> np.ndarray:
     try:
         content = loadmat(path)
     except NotImplementedError:  # scipy's answer to a MATLAB v7.3 (HDF5) file
-        raise ValueError(f"{path} is a MATLAB v7.3 file, which scipy cannot read; save it with -v7 "
-                         f"({MAT_EXPECTED})") from None
+        raise UserError(f"{path} is a MATLAB v7.3 file, which scipy cannot read; save it with -v7 "
+                        f"({MAT_EXPECTED})") from None
     except (OSError, ValueError, TypeError, IndexError, MatReadError) as error:
-        raise ValueError(f"cannot read {path} as a .mat file ({MAT_EXPECTED}; {type(error).__name__}: {error})") \
+        raise UserError(f"cannot read {path} as a .mat file ({MAT_EXPECTED}; {type(error).__name__}: {error})") \
             from None
     try:
         points = np.asarray(content["image_info"][0, 0][0, 0][0], dtype=np.float64)
     except (KeyError, IndexError, TypeError, ValueError):
         fields = sorted(k for k in content if not k.startswith("__"))
-        raise ValueError(f"{path} has no image_info[0,0][0,0][0] ({MAT_EXPECTED}; found variables "
-                         f"{', '.join(fields) or 'none'})") from None
+        raise UserError(f"{path} has no image_info[0,0][0,0][0] ({MAT_EXPECTED}; found variables "
+                        f"{', '.join(fields) or 'none'})") from None
     if points.size == 0:
         return np.zeros((0, 2))
     if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
-        raise ValueError(f"{path}: image_info[0,0][0,0][0] has shape {points.shape} or non-finite values "
-                         f"({MAT_EXPECTED})")
+        raise UserError(f"{path}: image_info[0,0][0,0][0] has shape {points.shape} or non-finite values "
+                        f"({MAT_EXPECTED})")
     return points
 
 
@@ -356,15 +357,15 @@ def _annotated_images(text: str, root: Path) -> list[tuple[Path, Path]]:
     images, truth = root / "images", root / "ground_truth"
     for folder in (images, truth):
         if not folder.is_dir():
-            raise ValueError(f"{text}: {folder} {what_is(folder)} ({SHANGHAITECH_EXPECTED})")
+            raise UserError(f"{text}: {folder} {what_is(folder)} ({SHANGHAITECH_EXPECTED})")
     files = sorted(f for f in images.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
     if not files:
-        raise ValueError(f"{text}: no images in {images} ({SHANGHAITECH_EXPECTED})")
+        raise UserError(f"{text}: no images in {images} ({SHANGHAITECH_EXPECTED})")
     pairs = []
     for image in files:
         mat = truth / f"GT_{image.stem}.mat"
         if not mat.is_file():
-            raise ValueError(f"{text}: image {image} has no annotation {mat} ({SHANGHAITECH_EXPECTED})")
+            raise UserError(f"{text}: image {image} has no annotation {mat} ({SHANGHAITECH_EXPECTED})")
         pairs.append((image, mat))
     return pairs
 
@@ -378,4 +379,4 @@ def open_crowd_source(data: str, *, resolution: int | None = None) -> CrowdSourc
         return SyntheticCrowdSource(CrowdSpec(resolution=side))
     if kind == "shanghaitech" and location:
         return ShanghaiTechSource(data, Path(location).expanduser(), side)
-    raise ValueError(f"unknown crowd data source {data!r}; expected 'synthetic' or 'shanghaitech:PATH'")
+    raise UserError(f"unknown crowd data source {data!r}; expected 'synthetic' or 'shanghaitech:PATH'")

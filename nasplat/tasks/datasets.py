@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
@@ -286,13 +288,13 @@ class Cifar10Source(Source):
         if shape is None or len(shape) != 2 or shape[1] != 3072 or labels is None or len(labels) != shape[0]:
             found = f"keys {sorted(k.decode() if isinstance(k, bytes) else str(k) for k in batch)}" + (
                 f", data of shape {tuple(shape)}" if shape is not None else "")
-            raise ValueError(f"{self.text}: {path} is not a CIFAR-10 python batch (expected a dict with b'data' "
-                             f"N x 3072 uint8 and N b'labels'; found {found})")
+            raise UserError(f"{self.text}: {path} is not a CIFAR-10 python batch (expected a dict with b'data' "
+                            f"N x 3072 uint8 and N b'labels'; found {found})")
         x = torch.as_tensor(data).to(torch.uint8).view(-1, 3, 32, 32)
         y = torch.as_tensor(list(labels), dtype=torch.int64)
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
-            raise ValueError(f"{self.text}: {path} has labels outside 0..{len(self.classes) - 1} "
-                             f"(found {int(y.min())}..{int(y.max())})")
+            raise UserError(f"{self.text}: {path} has labels outside 0..{len(self.classes) - 1} "
+                            f"(found {int(y.min())}..{int(y.max())})")
         return x, y
 
 
@@ -301,14 +303,14 @@ class FolderSource(Source):
         self.text = text
         self.resolution = resolution
         if not path.is_dir():
-            raise ValueError(f"{text}: {path} {what_is(path)} ({FOLDER_EXPECTED})")
+            raise UserError(f"{text}: {path} {what_is(path)} ({FOLDER_EXPECTED})")
         if (path / "train").is_dir() and (path / "val").is_dir():
             train = _class_files(text, path / "train")
             val = _class_files(text, path / "val")
             unknown = sorted(set(val) - set(train))
             if unknown:
-                raise ValueError(f"{text}: {path / 'val'} has classes missing from {path / 'train'}: "
-                                 f"{', '.join(unknown)} ({FOLDER_EXPECTED})")
+                raise UserError(f"{text}: {path / 'val'} has classes missing from {path / 'train'}: "
+                                f"{', '.join(unknown)} ({FOLDER_EXPECTED})")
             self.classes = tuple(sorted(train))
             self.train = [(f, self.classes.index(c)) for c, files in sorted(train.items()) for f in files]
             self.val = [(f, self.classes.index(c)) for c, files in sorted(val.items()) for f in files]
@@ -335,7 +337,7 @@ class FolderSource(Source):
                 with Image.open(path) as image:
                     rgb = _square(image.convert("RGB"), side)
             except (OSError, UnidentifiedImageError) as error:
-                raise ValueError(f"{self.text}: cannot read image {path} ({error})") from None
+                raise UserError(f"{self.text}: cannot read image {path} ({error})") from None
             x[i] = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(side, side, 3).permute(2, 0, 1)
         return x, torch.tensor([label for _, label in pairs], dtype=torch.int64)
 
@@ -351,7 +353,7 @@ def open_source(data: str, *, resolution: int | None = None) -> Source:
         if kind == "cifar10":
             return Cifar10Source(data, path)
         return FolderSource(data, path, resolution or 64)
-    raise ValueError(f"unknown data source {data!r}; expected 'synthetic', 'cifar10:PATH' or 'folder:PATH'")
+    raise UserError(f"unknown data source {data!r}; expected 'synthetic', 'cifar10:PATH' or 'folder:PATH'")
 
 
 def what_is(path: Path) -> str:
@@ -370,13 +372,13 @@ def _listing(path: Path, limit: int = 6) -> str:
 
 def _cifar_root(text: str, path: Path) -> Path:
     if not path.is_dir():
-        raise ValueError(f"{text}: {path} {what_is(path)} ({CIFAR10_EXPECTED})")
+        raise UserError(f"{text}: {path} {what_is(path)} ({CIFAR10_EXPECTED})")
     for root in (path, path / "cifar-10-batches-py"):
         if (root / "data_batch_1").is_file():
             if not (root / "test_batch").is_file():
-                raise ValueError(f"{text}: no test_batch in {root} ({CIFAR10_EXPECTED}; {_listing(root)})")
+                raise UserError(f"{text}: no test_batch in {root} ({CIFAR10_EXPECTED}; {_listing(root)})")
             return root
-    raise ValueError(f"{text}: no data_batch_1 in {path} ({CIFAR10_EXPECTED}; {_listing(path)})")
+    raise UserError(f"{text}: no data_batch_1 in {path} ({CIFAR10_EXPECTED}; {_listing(path)})")
 
 
 def _unpickle(text: str, path: Path) -> dict:
@@ -384,10 +386,10 @@ def _unpickle(text: str, path: Path) -> dict:
         with path.open("rb") as f:
             batch = pickle.load(f, encoding="bytes")
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
-        raise ValueError(f"{text}: cannot unpickle {path} ({CIFAR10_EXPECTED}; {type(error).__name__}: "
-                         f"{error})") from None
+        raise UserError(f"{text}: cannot unpickle {path} ({CIFAR10_EXPECTED}; {type(error).__name__}: "
+                        f"{error})") from None
     if not isinstance(batch, dict):
-        raise ValueError(f"{text}: {path} holds a {type(batch).__name__}, not a dict ({CIFAR10_EXPECTED})")
+        raise UserError(f"{text}: {path} holds a {type(batch).__name__}, not a dict ({CIFAR10_EXPECTED})")
     return batch
 
 
@@ -396,7 +398,7 @@ def _class_files(text: str, root: Path) -> dict[str, list[Path]]:
             for d in sorted(root.iterdir()) if d.is_dir()}
     tree = {name: files for name, files in tree.items() if files}
     if not tree:
-        raise ValueError(f"{text}: no class folders with images in {root} ({FOLDER_EXPECTED}; {_listing(root)})")
+        raise UserError(f"{text}: no class folders with images in {root} ({FOLDER_EXPECTED}; {_listing(root)})")
     return tree
 
 

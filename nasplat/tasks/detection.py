@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from ..registry import register_task
 from . import detection_data
 from .image_task import ImageTask, subset
@@ -320,8 +321,8 @@ class DetectionTask(ImageTask):
                  limit_train: int | None = None, limit_val: int | None = None, device: str = "cpu",
                  threads: int | None = None):
         if not 0 < nms_iou <= 1 or not 0 <= score_threshold < 1 or max_detections < 1:
-            raise ValueError(f"nms_iou must lie in (0, 1], score_threshold in [0, 1) and max_detections be at "
-                             f"least 1; got {nms_iou}, {score_threshold}, {max_detections}")
+            raise UserError(f"nms_iou must lie in (0, 1], score_threshold in [0, 1) and max_detections be at "
+                            f"least 1; got {nms_iou}, {score_threshold}, {max_detections}")
         super().__init__(batch_size=batch_size, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
                          limit_train=limit_train, limit_val=limit_val, device=device, threads=threads)
         self.source = detection_data.open_detection_source(data, resolution=base_resolution)

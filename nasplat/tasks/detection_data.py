@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .datasets import Draw, cached_tensors, draw_background, what_is
 
 CLASSES = ("rectangle", "ellipse", "triangle", "cross", "ring")
@@ -155,8 +156,8 @@ class CocoDetection(DetectionSource):
 
     def __init__(self, root: Path, *, resolution: int):
         if not root.is_dir():
-            raise ValueError(f"--data coco:{root}: {what_is(root)}; give a folder holding annotations/"
-                             f"instances_<split>.json and the <split>/ image folders")
+            raise UserError(f"--data coco:{root}: {what_is(root)}; give a folder holding annotations/"
+                            f"instances_<split>.json and the <split>/ image folders")
         self.root, self.resolution = root, resolution
         self.files = {split: self._annotations(split) for split in ("train", "val")}
         categories = sorted(json.loads(self.files["train"].read_text())["categories"], key=lambda c: c["id"])
@@ -166,8 +167,8 @@ class CocoDetection(DetectionSource):
     def _annotations(self, split: str) -> Path:
         found = sorted((self.root / "annotations").glob(f"instances_{split}*.json"))
         if not found:
-            raise ValueError(f"--data coco:{self.root}: no annotations/instances_{split}*.json; a COCO folder "
-                             f"holds annotations/instances_<split>.json for a train and a val split")
+            raise UserError(f"--data coco:{self.root}: no annotations/instances_{split}*.json; a COCO folder "
+                            f"holds annotations/instances_<split>.json for a train and a val split")
         return found[0]
 
     def load(self) -> DetectionData:
@@ -183,8 +184,8 @@ class CocoDetection(DetectionSource):
             data = json.loads(file.read_text())
             images, annotations = data["images"], data["annotations"]
         except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
-            raise ValueError(f"{file} is not a COCO instances file ({type(e).__name__}: {e}); it needs "
-                             f"'images', 'annotations' and 'categories'") from None
+            raise UserError(f"{file} is not a COCO instances file ({type(e).__name__}: {e}); it needs "
+                            f"'images', 'annotations' and 'categories'") from None
         folder = self.root / file.stem.removeprefix("instances_")
         per_image: dict[int, list[list[float]]] = {im["id"]: [] for im in images}
         sizes = {im["id"]: (im["width"], im["height"]) for im in images}
@@ -203,7 +204,7 @@ class CocoDetection(DetectionSource):
                 with Image.open(path) as opened:
                     picture = opened.convert("RGB").resize((side, side), Image.BILINEAR)
             except (FileNotFoundError, UnidentifiedImageError) as e:
-                raise ValueError(f"{path}: {type(e).__name__}: the image {file.name} lists cannot be read") from None
+                raise UserError(f"{path}: {type(e).__name__}: the image {file.name} lists cannot be read") from None
             pixels[i] = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
         width = max([len(b) for b in per_image.values()] + [1])
         boxes = torch.zeros(len(images), width, 5)
@@ -233,4 +234,4 @@ def open_detection_source(data: str, *, resolution: int | None = None) -> Detect
     kind, _, path = data.partition(":")
     if kind == "coco" and path:
         return CocoDetection(Path(path).expanduser(), resolution=side)
-    raise ValueError(f"--data {data!r} is not a detection data source; use synthetic or coco:PATH")
+    raise UserError(f"--data {data!r} is not a detection data source; use synthetic or coco:PATH")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .base import EpochCallback, Task
 
 RESIZED_KEPT = 4  # input sizes whose resized copies stay in memory (a search revisits a few sizes)
@@ -186,10 +187,10 @@ def train_device(device: str) -> torch.device:
     try:
         chosen = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"--train-device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+        raise UserError(f"--train-device {device!r} is not a device; use cpu, cuda or cuda:N") from None
     if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--train-device {device}: this machine has no CUDA GPU that torch can use "
-                         f"(torch {torch.__version__}); train on cpu")
+        raise UserError(f"--train-device {device}: this machine has no CUDA GPU that torch can use "
+                        f"(torch {torch.__version__}); train on cpu")
     return chosen
 
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
+
 LEVELS = (1, 2, 4)  # grid sides of the pooled levels; the full-resolution map is always level 0
 
 
@@ -28,7 +30,7 @@ class SPPLoss(nn.Module):
     def __init__(self, *, levels: Sequence[int] = LEVELS):
         super().__init__()
         if any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in levels):
-            raise ValueError(f"SPPLoss levels must be grid sides >= 1 (e.g. 1, 2, 4); got {tuple(levels)!r}")
+            raise UserError(f"SPPLoss levels must be grid sides >= 1 (e.g. 1, 2, 4); got {tuple(levels)!r}")
         self.levels = tuple(sorted(set(levels)))
 
     def terms(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .base import CHARGE, Answer, TabularTask
 
 
@@ -35,13 +36,13 @@ class Table:
         if (column, seconds) in self._checked:
             return
         if column not in self.columns or column == self.key:
-            raise ValueError(f"{what} {column!r} is not a column of {self.path}; numeric columns: "
-                             f"{', '.join(c for c in self.columns if c != self.key)}")
+            raise UserError(f"{what} {column!r} is not a column of {self.path}; numeric columns: "
+                            f"{', '.join(c for c in self.columns if c != self.key)}")
         for name, row in self.rows.items():
             value = row[column]
             if value is None or (seconds and not (math.isfinite(value) and value >= 0)):
-                raise ValueError(f"{what} {column!r} of {self.path} is not "
-                                 f"{'a duration in seconds' if seconds else 'a number'} in the row of {name!r}")
+                raise UserError(f"{what} {column!r} of {self.path} is not "
+                                f"{'a duration in seconds' if seconds else 'a number'} in the row of {name!r}")
         self._checked.add((column, seconds))
 
 
@@ -60,18 +61,18 @@ def _read(path: Path, key: str, mtime_ns: int, size: int) -> Table:
             reader = csv.DictReader(fh)
             columns = list(reader.fieldnames or [])
             if key not in columns:
-                raise ValueError(f"table {path} has no key column {key!r} (columns: {', '.join(columns) or 'none'}); "
-                                 f"is it a CSV file with a header row?")
+                raise UserError(f"table {path} has no key column {key!r} (columns: {', '.join(columns) or 'none'}); "
+                                f"is it a CSV file with a header row?")
             rows: dict[str, dict[str, float | None]] = {}
             for line, record in enumerate(reader, start=2):
                 name = record[key]
                 if name in rows:
-                    raise ValueError(f"table {path} line {line}: {key} {name!r} appears twice")
+                    raise UserError(f"table {path} line {line}: {key} {name!r} appears twice")
                 rows[name] = {c: _number(record[c]) for c in columns if c != key}
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"table {path} is not a readable CSV file ({exc})") from None
+        raise UserError(f"table {path} is not a readable CSV file ({exc})") from None
     if not rows:
-        raise ValueError(f"table {path} has no rows")
+        raise UserError(f"table {path} has no rows")
     return Table(path, rows, columns, key)
 
 
@@ -81,9 +82,9 @@ def load_table(path: str | Path, *, key: str) -> Table:
     try:
         stat = resolved.stat()
     except OSError as exc:
-        raise ValueError(f"table {path} cannot be read ({exc.strerror or exc})") from None
+        raise UserError(f"table {path} cannot be read ({exc.strerror or exc})") from None
     if not resolved.is_file():
-        raise ValueError(f"table {path} is not a file")
+        raise UserError(f"table {path} is not a file")
     return _read(resolved, key, stat.st_mtime_ns, stat.st_size)
 
 
@@ -108,12 +109,12 @@ class TableTask(TabularTask):
         for column in self.report:
             self.table.numeric(column, what="report column")
         if not 1 <= len(self.time_columns) <= 2:
-            raise ValueError(f"time columns {','.join(self.time_columns) or '(none)'}: give one or two, seconds per "
-                             f"training epoch and, optionally, seconds per evaluation")
+            raise UserError(f"time columns {','.join(self.time_columns) or '(none)'}: give one or two, seconds per "
+                            f"training epoch and, optionally, seconds per evaluation")
         for column in self.time_columns:
             self.table.numeric(column, what="time column", seconds=True)
         if CHARGE in self.report:
-            raise ValueError(f"report column {CHARGE!r} clashes with the charged time nasplat records")
+            raise UserError(f"report column {CHARGE!r} clashes with the charged time nasplat records")
 
     def query(self, key: str) -> Answer:
         row = self._row(key)
