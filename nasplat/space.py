@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .arch import Arch
+from .errors import UserError
 
 if TYPE_CHECKING:  # torch is heavy; only the methods that build models need it
     from torch import nn
@@ -220,12 +221,12 @@ class SearchSpace(ABC):
     def validate(self, arch: Arch) -> None:
         """Raises ValueError naming what is wrong with an Arch that this space cannot build."""
         if arch.space != self.name:
-            raise ValueError(f"architecture is of space {arch.space!r}, not {self.name!r}")
+            raise UserError(f"architecture is of space {arch.space!r}, not {self.name!r}")
         for name, param in self.parameters().items():
             if name not in arch:
-                raise ValueError(f"architecture lacks parameter {name!r}")
+                raise UserError(f"architecture lacks parameter {name!r}")
             if not param.contains(arch[name]):
-                raise ValueError(f"parameter {name!r}={arch[name]!r} lies outside {param}")
+                raise UserError(f"parameter {name!r}={arch[name]!r} lies outside {param}")
 
     def smallest(self) -> Arch:
         """The cheapest architecture of the space (used to reject budgets no architecture meets)."""
@@ -259,8 +260,8 @@ class SearchSpace(ABC):
         try:
             arch = Arch.from_json(text)
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"cannot read {text[:80]!r} as a {self.name} architecture (the JSON that "
-                             f"arch.json holds under \"arch\"): {exc}") from None
+            raise UserError(f"cannot read {text[:80]!r} as a {self.name} architecture (the JSON that "
+                            f"arch.json holds under \"arch\"): {exc}") from None
         self.validate(arch)
         return arch
 
@@ -274,6 +275,6 @@ class SearchSpace(ABC):
         values = {name: p.all_values() for name, p in params.items()}
         endless = [name for name, v in values.items() if v is None]
         if endless:
-            raise ValueError(f"space {self.name!r} cannot be enumerated: {', '.join(endless)} is continuous")
+            raise UserError(f"space {self.name!r} cannot be enumerated: {', '.join(endless)} is continuous")
         for combination in itertools.product(*values.values()):
             yield self.complete(dict(zip(values, combination)))

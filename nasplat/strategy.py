@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .arch import Arch
+from .errors import UserError
 
 if TYPE_CHECKING:
     from .constraints import Constraint
@@ -29,9 +30,9 @@ def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
     objectives = tuple(objectives)
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown or not objectives or objectives[0] != "accuracy" or len(set(objectives)) != len(objectives):
-        raise ValueError(f"--objective {','.join(objectives)}: give accuracy first, then any of "
-                         f"{', '.join(o for o in OBJECTIVES if o != 'accuracy')}, each once "
-                         f"(e.g. accuracy,latency)")
+        raise UserError(f"--objective {','.join(objectives)}: give accuracy first, then any of "
+                        f"{', '.join(o for o in OBJECTIVES if o != 'accuracy')}, each once "
+                        f"(e.g. accuracy,latency)")
     return objectives
 
 Status = Literal["ok", "infeasible", "failed", "stopped"]
@@ -54,12 +55,16 @@ class Result:
     `held_out` holds measurements that are journaled with the trial but never told to the strategy: a
     benchmark's report metric (the 200-epoch accuracy a search must not peek at), the simulated seconds
     a query was charged. The runner tells a strategy `for_strategy()`, which lacks them.
+
+    `traceback` is the Python traceback of a trial that raised (its `error` is then "Type: message"), kept
+    in the journal for whoever debugs it.
     """
 
     status: Status
     metrics: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None
     held_out: Mapping[str, float] = field(default_factory=dict)
+    traceback: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -80,11 +85,14 @@ class Result:
             out["error"] = self.error
         if self.held_out:
             out["held_out"] = dict(self.held_out)
+        if self.traceback:
+            out["traceback"] = self.traceback
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Result:
-        return cls(data["status"], dict(data.get("metrics", {})), data.get("error"), dict(data.get("held_out", {})))
+        return cls(data["status"], dict(data.get("metrics", {})), data.get("error"), dict(data.get("held_out", {})),
+                   data.get("traceback"))
 
 
 class Strategy(ABC):
@@ -124,8 +132,8 @@ class Strategy(ABC):
         """The objectives checked, or ValueError for ones this strategy cannot search (before any run starts)."""
         objectives = check_objectives(objectives)
         if len(objectives) > 1 and not cls.multi_objective:
-            raise ValueError(f"strategy {cls.name!r} searches accuracy alone; for --objective "
-                             f"{','.join(objectives)} use bayesian (Optuna's TPE or NSGA-II) or random")
+            raise UserError(f"strategy {cls.name!r} searches accuracy alone; for --objective "
+                            f"{','.join(objectives)} use bayesian (Optuna's TPE or NSGA-II) or random")
         return objectives
 
     @classmethod
@@ -237,7 +245,7 @@ class OneShotStrategy(Strategy):
 
     def __init__(self, space: SearchSpace, **common: Any):
         if common.get("initial"):
-            raise ValueError(f"strategy {self.name!r} derives its architecture from a supernet: it takes no --prior")
+            raise UserError(f"strategy {self.name!r} derives its architecture from a supernet: it takes no --prior")
         self.check_space(space)
         super().__init__(space, **common)
         self.derived: Arch | None = None

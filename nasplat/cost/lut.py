@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UserError
 from ..files import write_json
 from .latency import LatencyError, Protocol, describe_fingerprint, fingerprint, fingerprint_key, measure_arch, \
     measure_model
@@ -269,6 +270,10 @@ def _calibrate(space: SearchSpace, table: dict[str, Any], archs: list[Arch], pro
     return rows
 
 
+class MissingEntry(UserError, LookupError):
+    """A table without the op asked for: built for another version of the space, or only in part."""
+
+
 class LatencyTable:
     """A latency table loaded from `build_lut`'s JSON: predicts architectures' latency in ms."""
 
@@ -326,9 +331,9 @@ class LatencyTable:
         """The measured latency of one unit in ms (uncalibrated); LookupError naming a key the table lacks."""
         entry = self.entries.get(key)
         if entry is None:
-            raise LookupError(f"latency table {self._name} has no entry for op {key!r}; it was built for another "
-                              f"version of space {self.space!r} or only in part: rebuild it with "
-                              f"`nasplat latency build-lut {self.space}`")
+            raise MissingEntry(f"latency table {self._name} has no entry for op {key!r}; it was built for another "
+                               f"version of space {self.space!r} or only in part: rebuild it with "
+                               f"`nasplat latency build-lut {self.space}`")
         return float(entry["mean"])
 
     def summed(self, space: SearchSpace, arch: Arch) -> float:
