@@ -11,8 +11,9 @@ from rich.console import Console
 
 from .constraints import FLAGS, METRICS, Constraint, format_metric
 from .cost import CostModel, measure
+from .errors import UserError
 from .registry import STRATEGIES
-from .run import CONVERTED, RunDir, SearchConfig, default_trials
+from .run import CONVERTED, DEFAULT_REPEATED_FAILURES, RunDir, SearchConfig, default_trials
 from .runner.budget import check_budget
 from .runner.components import build_components, build_costs, build_task, check_options, create_space, \
     latency_limit
@@ -30,18 +31,18 @@ def _check_budgets(space: SearchSpace, constraints: Sequence[Constraint], costs:
     for c in constraints:
         if not c.holds(found):
             value = format_metric(c.metric, found[c.metric])
-            raise ValueError(f"{FLAGS[c.metric]} {format_metric(c.metric, c.limit)} is below the smallest "
-                             f"{space.name} architecture ({space.describe(smallest).split(' | ')[0]}: "
-                             f"{METRICS[c.metric]} {value}); give at least {value}")
+            raise UserError(f"{FLAGS[c.metric]} {format_metric(c.metric, c.limit)} is below the smallest "
+                            f"{space.name} architecture ({space.describe(smallest).split(' | ')[0]}: "
+                            f"{METRICS[c.metric]} {value}); give at least {value}")
 
 
 def _check_one_shot(config: SearchConfig) -> None:
     if config.trials != 1:
-        raise ValueError(f"strategy {config.strategy!r} trains a supernet and derives one architecture: it evaluates "
-                         f"exactly one trial (leave out --trials, or give --trials 1)")
+        raise UserError(f"strategy {config.strategy!r} trains a supernet and derives one architecture: it evaluates "
+                        f"exactly one trial (leave out --trials, or give --trials 1)")
     if config.runner != "local" or config.budget is not None:
-        raise ValueError(f"strategy {config.strategy!r} trains one supernet in one process: run it with the local "
-                         f"runner and without a simulated --budget")
+        raise UserError(f"strategy {config.strategy!r} trains one supernet in one process: run it with the local "
+                        f"runner and without a simulated --budget")
 
 
 def start(config: SearchConfig, *, console: Console | None = None, sync: bool = True,
@@ -86,7 +87,8 @@ def search(space: str, *, strategy: str = "bayesian", flops: str | float | None 
            space_options: dict[str, Any] | None = None, task_options: dict[str, Any] | None = None,
            runner: str = "local", workers: int | None = None, ray_address: str | None = None,
            scheduler: str | None = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
-           max_retries: int = 2, export: Sequence[str] = CONVERTED, console: Console | None = None) -> SearchOutcome:
+           max_retries: int = 2, export: Sequence[str] = CONVERTED,
+           max_repeated_failures: int = DEFAULT_REPEATED_FAILURES, console: Console | None = None) -> SearchOutcome:
     """Runs a search and returns its outcome; `nasplat search` with the same arguments does the same.
 
     `trials` defaults to 8, or, under a simulated `budget` ("12000s"), to as many as the budget allows.
@@ -96,7 +98,9 @@ def search(space: str, *, strategy: str = "bayesian", flops: str | float | None 
     percentile), or from a fitted `predictor` file (`nasplat latency fit`). `runner="ray"` runs
     `workers` trials at a time on Ray Tune (see nasplat.runner.ray), on a Ray instance started for the
     search or on the cluster at `ray_address`. `export` names best/'s conversions of the trained model
-    ("torchscript", "onnx"; none: arch.json and the weights only)."""
+    ("torchscript", "onnx"; none: arch.json and the weights only). When `max_repeated_failures` trials in a
+    row raise the same exception, the search stops and raises nasplat.runner.driver.RepeatedFailure (0: never).
+    """
     constraints = [Constraint.parse(m, v) for m, v in (("macs", flops), ("params", params)) if v is not None]
     table = {"column": device_table, "path": str(latency_table) if latency_table else None} if device_table else None
     if latency is not None:
@@ -113,7 +117,7 @@ def search(space: str, *, strategy: str = "bayesian", flops: str | float | None 
                           device_table=table, predictor=str(predictor) if predictor else None,
                           runner=runner, workers=workers, ray_address=ray_address, scheduler=scheduler,
                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_retries=max_retries,
-                          export=list(export))
+                          export=list(export), max_repeated_failures=max_repeated_failures)
     return start(config, console=console)
 
 

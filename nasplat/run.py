@@ -16,15 +16,17 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .arch import Arch
 from .constraints import Constraint
+from .errors import UserError
 from .files import write_atomic
 from .strategy import Result, Trial
 
 
 DEFAULT_TRIALS = 8  # trials of a search that names no number and no simulated budget
+DEFAULT_REPEATED_FAILURES = 3  # trials in a row failed by the same exception that stop a search (a bug)
 RUNNERS = ("local", "ray")
 SCHEDULERS = (None, "asha")
 CONVERTED = ("torchscript", "onnx")  # what best/ converts the trained model to (export.FILES), by default both
@@ -43,7 +45,7 @@ def default_trials(strategy: str, *, budget: float | None) -> int | None:
     return None if budget is not None else DEFAULT_TRIALS
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """A folder that is no run, or a run that cannot do what was asked (one line, for the CLI)."""
 
 
@@ -80,55 +82,60 @@ class SearchConfig:
     gpus_per_trial: float = 0.0  # ray: GPUs reserved per trial
     max_retries: int = 2  # ray: a trial whose worker died is run again up to this many times
     export: list[str] = field(default_factory=lambda: list(CONVERTED))  # best/'s conversions, made at the end
+    # the search stops when this many trials in a row fail with the same exception (0: never)
+    max_repeated_failures: int = DEFAULT_REPEATED_FAILURES
 
     def __post_init__(self) -> None:
         from .cost.latency import Protocol
         from .strategy import check_objectives
 
         if self.trials is None and self.budget is None and self.timeout is None:
-            raise ValueError("a search without a number of trials needs a --budget or a --timeout to end it")
+            raise UserError("a search without a number of trials needs a --budget or a --timeout to end it")
         self.objectives = list(check_objectives(self.objectives))
         read = [flag for flag, given in (("--device table:", self.device_table), ("--predictor", self.predictor))
                 if given]
         if len(read) > 1:
-            raise ValueError("--device table:COLUMN and --predictor are two latency sources: give one")
+            raise UserError("--device table:COLUMN and --predictor are two latency sources: give one")
         if read and (self.latency is not None or self.lut is not None):
-            raise ValueError(f"{read[0]} gives latency without measuring it: it takes no --runtime, --latency-batch, "
-                             f"--latency-threads or --lut")
+            raise UserError(f"{read[0]} gives latency without measuring it: it takes no --runtime, --latency-batch, "
+                            f"--latency-threads or --lut")
         if read and not self.needs_latency:
-            raise ValueError(f"{read[0]} is a latency source, but nothing asks for latency: add a limit "
-                             f"(--latency 5ms) or --objective accuracy,latency")
+            raise UserError(f"{read[0]} is a latency source, but nothing asks for latency: add a limit "
+                            f"(--latency 5ms) or --objective accuracy,latency")
         if self.latency is None and self.needs_latency and not read:
             self.latency = Protocol().to_dict()
         if self.latency is not None:
             self.latency = Protocol.from_dict(self.latency).to_dict()  # checks the device and runtime
         if self.lut is not None and self.latency is None:
-            raise ValueError("--lut predicts latency: give a --latency limit or --objective accuracy,latency too")
+            raise UserError("--lut predicts latency: give a --latency limit or --objective accuracy,latency too")
         self._check_runner()
+        if self.max_repeated_failures < 0:
+            raise UserError(f"--max-repeated-failures must be at least 0 (0: never stop), got "
+                            f"{self.max_repeated_failures}")
         self.export = list(self.export)
         unknown = sorted(set(self.export) - set(CONVERTED))
         if unknown:
-            raise ValueError(f"--export {','.join(unknown)}: best/ always holds arch.json and the weights; choose "
-                             f"its conversions among {', '.join(CONVERTED)}, or none")
+            raise UserError(f"--export {','.join(unknown)}: best/ always holds arch.json and the weights; choose "
+                            f"its conversions among {', '.join(CONVERTED)}, or none")
 
     def _check_runner(self) -> None:
         if self.runner not in RUNNERS:
-            raise ValueError(f"unknown runner {self.runner!r}; use {' or '.join(RUNNERS)}")
+            raise UserError(f"unknown runner {self.runner!r}; use {' or '.join(RUNNERS)}")
         if self.runner == "local":
             given = [f"--{f.replace('_', '-')}" for f, default in _RAY_DEFAULTS.items() if getattr(self, f) != default]
             if given:
-                raise ValueError(f"{', '.join(given)} set(s) how trials run on Ray: add --runner ray")
+                raise UserError(f"{', '.join(given)} set(s) how trials run on Ray: add --runner ray")
             return
         if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {self.scheduler!r}; use {', '.join(s for s in SCHEDULERS if s)}")
+            raise UserError(f"unknown scheduler {self.scheduler!r}; use {', '.join(s for s in SCHEDULERS if s)}")
         if self.workers is not None and self.workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+            raise UserError(f"--workers must be at least 1, got {self.workers}")
         if not self.cpus_per_trial > 0 or self.gpus_per_trial < 0 or self.max_retries < 0:
-            raise ValueError(f"--cpus-per-trial must be above 0, --gpus-per-trial and --max-retries at least 0; got "
-                             f"{self.cpus_per_trial:g}, {self.gpus_per_trial:g} and {self.max_retries}")
+            raise UserError(f"--cpus-per-trial must be above 0, --gpus-per-trial and --max-retries at least 0; got "
+                            f"{self.cpus_per_trial:g}, {self.gpus_per_trial:g} and {self.max_retries}")
         if self.budget is not None:
-            raise ValueError("a simulated --budget charges queries one at a time in order: run it with the "
-                             "local runner (table lookups take microseconds; Ray would not speed them up)")
+            raise UserError("a simulated --budget charges queries one at a time in order: run it with the "
+                            "local runner (table lookups take microseconds; Ray would not speed them up)")
 
     @property
     def needs_latency(self) -> bool:
@@ -144,7 +151,7 @@ class SearchConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown config keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise UserError(f"unknown config keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         values = dict(data)
         values["constraints"] = [Constraint.from_dict(c) for c in values.get("constraints", [])]
         return cls(**values)
@@ -175,6 +182,9 @@ class RunDir:
     survive a kill -9 (the kernel holds them), only not an operating-system crash. For runs that are cheap
     to redo, where fsync would be most of the time per trial (a benchmark of table lookups)."""
 
+    # the run folder this process created or opened last: where the CLI writes the traceback of a bug
+    latest: ClassVar[Path | None] = None
+
     def __init__(self, path: Path, *, sync: bool = True):
         self.path = Path(path)
         self.sync = sync
@@ -191,6 +201,7 @@ class RunDir:
         run = cls(path, sync=sync)
         write_atomic(path / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         run.journal_path.touch()
+        RunDir.latest = path
         return run
 
     @classmethod
@@ -202,6 +213,7 @@ class RunDir:
             if not (run.path / name).is_file():
                 raise RunError(f"{path} is not a nasplat run: it has no {name} (a run folder holds config.json "
                                f"and journal.jsonl)")
+        RunDir.latest = run.path
         return run
 
     @property

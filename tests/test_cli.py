@@ -161,3 +161,42 @@ def test_config_reruns_the_same_search(tmp_path):
         return [(e["arch"], e["status"]) for e in map(json.loads, (run / "journal.jsonl").read_text().splitlines())
                 if e["event"] == "result"]
     assert trials(first) == trials(again) and len(trials(first)) == 5
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("boom: a bug")
+
+
+def test_a_bug_is_exit_1_and_its_traceback_goes_to_the_run_folder(tmp_path, capsys, monkeypatch):
+    """Not bad input: one line naming the exception and the file its traceback was written to."""
+    from nasplat import report
+
+    run = api.search("toy", strategy="random", trials=1, out=tmp_path).run
+    capsys.readouterr()
+    monkeypatch.setattr(report, "summary_text", _boom)
+    assert run_cli(["show", str(run.path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("nasplat: internal error: RuntimeError: boom: a bug"), err
+    written = sorted((run.path / "logs").glob("traceback-*.txt"))
+    assert len(written) == 1 and str(written[0]) in err
+    text = written[0].read_text()
+    assert "Traceback (most recent call last)" in text and "in _boom" in text and "nasplat show" in text
+    with pytest.raises(RuntimeError, match="boom"):  # --debug: Python's own traceback
+        main(["--debug", "show", str(run.path)])
+
+
+def test_a_bug_outside_any_run_logs_to_the_user_cache(tmp_path, capsys, monkeypatch):
+    from nasplat.runner import components
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(components, "user_options", _boom)
+    assert run_cli(["list"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    written = list((tmp_path / "cache" / "nasplat" / "tracebacks").glob("traceback-*.txt"))
+    assert len(written) == 1 and str(written[0]) in err and "internal error: RuntimeError" in err
+    assert "RuntimeError: boom: a bug" in written[0].read_text()
+
+
+def test_max_repeated_failures_is_checked(tmp_path, capsys):
+    assert run_cli(["search", "toy", "--max-repeated-failures", "-1", "--out", str(tmp_path)]) == 2
+    assert "--max-repeated-failures" in capsys.readouterr().err

@@ -6,8 +6,8 @@ models to measure on a device that cannot run nasplat.
     nasplat latency sample nasbench201 -n 20 --runtime onnxruntime --out DIR
     nasplat latency fit nasbench201 --measured DIR/latency.csv --out PRED.json
 
-Wired into `nasplat.cli.build_parser` by `add_latency_parser(sub)`; bad input raises ValueError or
-LookupError with one line, which `nasplat.cli.main` prints as `nasplat: error: ...` with exit code 2.
+One verb with four subverbs; bad input raises a UserError with one line, which `nasplat.cli.main` prints
+as `nasplat: error: ...` with exit code 2.
 """
 from __future__ import annotations
 
@@ -16,28 +16,27 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .options import UsageError, console, positive_int, whole_number
 
-def add_latency_parser(sub: Any) -> None:
-    """Adds `latency build-lut` and `latency validate` to the subparsers `sub` of the `nasplat` parser."""
-    from .cli import _positive_int, whole_number
 
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """`latency` and its subverbs build-lut, validate, sample and fit, on the subparsers `sub` of `nasplat`."""
     lat = sub.add_parser("latency", help="per-op latency lookup tables: build one on this machine, validate it")
-    cmds = lat.add_subparsers(dest="latency_command", required=True, metavar="{build-lut,validate}")
+    cmds = lat.add_subparsers(dest="latency_command", required=True, metavar="{build-lut,validate,sample,fit}")
 
     b = cmds.add_parser("build-lut", help="time every op the space can produce on this machine, then calibrate "
                                           "on whole architectures (resumable: rerun with the same --out)")
     b.add_argument("space", help="search space (see `nasplat list`)")
     b.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: the machine that runs this")
     b.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch", help="default torch")
-    b.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (default 1)")
-    b.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
+    b.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1)")
+    b.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
     b.add_argument("--out", help="the table's file (default runs/latency/<space>-<machine fingerprint>.json)")
     b.add_argument("--calibrate", type=whole_number(0), default=10,
                    help="random architectures measured whole to fit the per-model correction (default 10)")
     b.add_argument("--seed", type=int, default=0, help="seed of the calibration architectures")
-    b.add_argument("--limit", type=_positive_int, help="profile only the first N ops (a partial table, to try "
+    b.add_argument("--limit", type=positive_int, help="profile only the first N ops (a partial table, to try "
                                                        "the command; the calibration architectures' ops are added)")
-    b.set_defaults(func=cmd_build_lut)
 
     v = cmds.add_parser("validate", help="compare a table's or a predictor's figures with measurements: taken "
                                          "here on random architectures, or read from --measured")
@@ -47,22 +46,20 @@ def add_latency_parser(sub: Any) -> None:
     given.add_argument("--predictor", help="a predictor from `nasplat latency fit`")
     v.add_argument("--measured", help="arch,latency_ms rows measured on the device (as `latency sample`'s script "
                                       "writes them): compared without measuring here")
-    v.add_argument("-n", type=_positive_int, default=20, help="architectures to measure here (default 20)")
+    v.add_argument("-n", type=positive_int, default=20, help="architectures to measure here (default 20)")
     v.add_argument("--seed", type=int, default=0)
-    v.set_defaults(func=cmd_validate)
 
     sa = cmds.add_parser("sample", help="write N diverse ONNX models, a manifest and a standalone timing script "
                                         "(Python, numpy and onnxruntime only) to run on a device")
     sa.add_argument("space", help="search space (see `nasplat list`)")
-    sa.add_argument("-n", type=_positive_int, default=20, help="models (default 20)")
+    sa.add_argument("-n", type=positive_int, default=20, help="models (default 20)")
     sa.add_argument("--runtime", choices=["onnxruntime"], default="onnxruntime", help="what runs them on the device")
-    sa.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
-    sa.add_argument("--threads", type=_positive_int, default=1, help="the script's default CPU threads (default 1)")
+    sa.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
+    sa.add_argument("--threads", type=positive_int, default=1, help="the script's default CPU threads (default 1)")
     sa.add_argument("--flops", help="MAC budget the sampled architectures keep to (spaces that solve a parameter "
                                     "for it, as TinyNet's width)")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--out", required=True, help="the folder to copy to the device (resumable: rerun to finish)")
-    sa.set_defaults(func=cmd_sample)
 
     f = cmds.add_parser("fit", help="fit a device's latency predictor from a few measured architectures")
     f.add_argument("space", help="search space (see `nasplat list`)")
@@ -71,21 +68,22 @@ def add_latency_parser(sub: Any) -> None:
     f.add_argument("--lut", help="a lookup table of the space (spaces without a reference table, e.g. TinyNet)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, help="the predictor's JSON file, for search --predictor")
-    f.set_defaults(func=cmd_fit)
+    return lat
+
+
+def run(args: argparse.Namespace) -> int:
+    return SUBVERBS[args.latency_command](args)
 
 
 def _warn_in_one_line(caught: list[warnings.WarningMessage]) -> None:
-    from .cli import console
-
     for w in caught:
         console.print(f"[yellow]warning:[/] {' '.join(str(w.message).split())}", soft_wrap=True)
 
 
 def cmd_build_lut(args: argparse.Namespace) -> int:
-    from .cli import console
-    from .cost.latency import Protocol
-    from .cost.lut import LatencyTable, build_lut, default_path
-    from .registry import SPACES
+    from ..cost.latency import Protocol
+    from ..cost.lut import LatencyTable, build_lut, default_path
+    from ..registry import SPACES
 
     space = SPACES.create(args.space)
     protocol = Protocol(device=args.device, runtime=args.runtime, batch=args.batch, threads=args.threads)
@@ -102,9 +100,9 @@ def cmd_build_lut(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .cost.lut import ACCURACY_BAND, LatencyTable, score, validate
-    from .registry import SPACES
-    from .units import format_ms
+    from ..cost.lut import ACCURACY_BAND, LatencyTable, score, validate
+    from ..registry import SPACES
+    from ..units import format_ms
 
     space = SPACES.create(args.space)
     if args.lut:
@@ -112,20 +110,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
         source.check_space(space)
         machine = source.describe_machine()
     else:
-        from .cost.predictor import LatencyPredictor
+        from ..cost.predictor import LatencyPredictor
 
         source = LatencyPredictor.load(args.predictor, space=space)
         machine = f"predictor {args.predictor}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if args.measured:
-            from .cost.predictor import read_measured
+            from ..cost.predictor import read_measured
 
             result = score(space, source, read_measured(space, args.measured))
         elif args.lut:
             result = validate(space, source, n=args.n, seed=args.seed)
         else:
-            raise ValueError("--predictor is checked against measurements of its device: give --measured CSV "
+            raise UsageError("--predictor is checked against measurements of its device: give --measured CSV "
                              "(arch,latency_ms rows, as `nasplat latency sample`'s script writes them)")
     _warn_in_one_line(caught)
     for row in result["rows"]:
@@ -141,10 +139,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .cli import console
-    from .constraints import Constraint
-    from .cost.sample import write_sample
-    from .registry import SPACES
+    from ..constraints import Constraint
+    from ..cost.sample import write_sample
+    from ..registry import SPACES
 
     space = SPACES.create(args.space)
     constraints = [Constraint.parse("macs", args.flops)] if args.flops else []
@@ -158,14 +155,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .cost.predictor import fit_predictor, read_measured
-    from .registry import SPACES
+    from ..cost.predictor import fit_predictor, read_measured
+    from ..registry import SPACES
 
     space = SPACES.create(args.space)
     measured = read_measured(space, args.measured)
     lut = None
     if args.lut:
-        from .cost.lut import LatencyTable
+        from ..cost.lut import LatencyTable
 
         lut = LatencyTable.load(args.lut)
         lut.check_space(space)
@@ -177,3 +174,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(f"fitted on {len(measured)} measured {space.name} architectures: {described.get('method')} -> {out}")
     print(f"search with it: nasplat search {space.name} --predictor {out} --latency LIMIT")
     return 0
+
+
+SUBVERBS = {"build-lut": cmd_build_lut, "validate": cmd_validate, "sample": cmd_sample, "fit": cmd_fit}
