@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..run import RunDir, RunError
 from ..strategy import Result, Trial
 from ..tasks.base import CHARGE
+from ..tracebacks import traceback_folder, write_traceback
 from ..units import format_count, format_ms, format_time
 from .budget import check_budget
 from .components import Components, build_components, export_best, finish_best, latency_record, write_front
@@ -35,10 +36,16 @@ MAX_FREE_IN_A_ROW = 1000
 FINAL = ("done", "budget", "repeats")  # end reasons after which a run cannot be resumed
 
 
+class RepeatedFailure(RuntimeError):
+    """Trials kept failing with the same exception: a bug (of nasplat, the space or the task), not
+    architectures that cannot train. The run ended as after a timeout (reason "failures"): resumable once
+    the cause is fixed."""
+
+
 @dataclass
 class SearchOutcome:
     run: RunDir
-    reason: str  # done | budget | timeout | interrupted | infeasible | repeats
+    reason: str  # done | budget | timeout | interrupted | infeasible | repeats (failures raises RepeatedFailure)
     best: tuple[Trial, Result] | None
     finished: int  # evaluated trials (ok, failed or stopped), repeated queries included
 
@@ -88,6 +95,7 @@ class Driver:
         trials = self.config.trials
         self.infeasible_limit = MAX_INFEASIBLE_PER_TRIAL * trials if trials else MAX_FREE_IN_A_ROW
         self.infeasible_streak = 0
+        self.failures: list[tuple[Trial, Result]] = []  # the latest trials in a row that raised the same exception
         self.started = time.time()
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
@@ -117,7 +125,9 @@ class Driver:
         return self.config.trials is None or self.trained + in_flight < self.config.trials
 
     def stop_reason(self) -> str | None:
-        """timeout or infeasible when no new trial may start, else None."""
+        """failures, timeout or infeasible when no new trial may start, else None."""
+        if self.failing:
+            return "failures"
         if self.config.timeout is not None and time.time() - self.started > self.config.timeout:
             return "timeout"
         if self.infeasible_streak >= self.infeasible_limit:
@@ -151,6 +161,7 @@ class Driver:
         a crash before it leaves this trial pending there and told in the journal, which a resume tells the
         strategy again (one snapshot per trial, not two)."""
         self.run.told(trial, result)
+        self._count_failure(trial, result)
         self.comp.costs.observe(result.metrics)
         self.comp.strategy.tell(trial, result.for_strategy())
         self.pending.remove(trial)
@@ -167,13 +178,47 @@ class Driver:
             self.best = (trial, result)
             export_best(self.run, self.comp, trial, result, model, console=self.progress.console)
 
+    def _count_failure(self, trial: Trial, result: Result) -> None:
+        """Extends the streak of trials that raised the same exception (type and message), or ends it; an
+        infeasible trial, which never ran the code that raised, leaves it as it is."""
+        if result.status == "infeasible":
+            return
+        if result.traceback is None or (self.failures and self.failures[-1][1].error != result.error):
+            self.failures = []
+        if result.traceback is not None:
+            self.failures.append((trial, result))
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last `max_repeated_failures` trials raised the same exception."""
+        limit = self.config.max_repeated_failures
+        return limit > 0 and len(self.failures) >= limit
+
+    def _repeated_failure(self) -> tuple[dict[str, Any], RepeatedFailure]:
+        """The end event's record of the repeated exception, and the error that says which and where its
+        traceback was written."""
+        trial, result = self.failures[-1]
+        path = write_traceback(result.traceback or "", folder=traceback_folder(self.run.path),
+                               name=f"traceback-trial-{trial.id}")
+        ids = [t.id for t, _ in self.failures]
+        record = {"failures": {"trials": ids, "error": result.error, "traceback": str(path)}}
+        return record, RepeatedFailure(
+            f"{len(ids)} trials in a row ({', '.join(map(str, ids))}) failed with {result.error}; its traceback is in "
+            f"{path} (and each trial's in the journal); fix the cause, then `nasplat search --resume {self.run.path}`")
+
     def interrupted(self) -> str:
         self.console.print("[yellow]interrupted: the finished trials are kept; resume with "
                            f"`nasplat search --resume {self.run.path}`[/]")
         return "interrupted"
 
     def finish(self, reason: str, *, report: bool, **end: Any) -> SearchOutcome:
-        """Saves the snapshot, completes best/ and the Pareto front, journals the end, writes the report."""
+        """Saves the snapshot, completes best/ and the Pareto front, journals the end, writes the report.
+        Raises RepeatedFailure after all that when the last trials raised the same exception."""
+        if reason == "done" and self.failing:  # the last trials failed alike: the search found a bug, not an end
+            reason = "failures"
+        failure = self._repeated_failure() if reason == "failures" else None
+        if failure:
+            end = {**end, **failure[0]}
         self.run.save_state(self.comp.strategy.state(), self.pending)
         finish_best(self.run, console=self.console)
         if len(self.config.objectives) > 1:
@@ -183,4 +228,6 @@ class Driver:
             from ..report import write_report
 
             write_report(self.run.path)
+        if failure:
+            raise failure[1]
         return SearchOutcome(self.run, reason, self.best, self.trained)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from traceback import format_exc
 from typing import TYPE_CHECKING
 
 from ..constraints import Constraint, violations
@@ -13,7 +14,7 @@ from ..cost import CostModel
 from ..cost.latency import LatencyError
 from ..units import format_ms
 from ..strategy import Result, Trial
-from ..tasks.base import TabularTask
+from ..tasks.base import TabularTask, table_result
 
 if TYPE_CHECKING:
     from torch import nn
@@ -29,6 +30,11 @@ class Outcome:
     model: nn.Module | None  # the trained model of an ok trial, for the best bundle
 
 
+def _raised(exc: Exception, metrics: Mapping[str, float] | None = None, *, during: str = "") -> Result:
+    """The failed Result of a trial that raised `exc` (being handled): "Type: message", and its traceback."""
+    return Result("failed", dict(metrics or {}), f"{during}{type(exc).__name__}: {exc}", traceback=format_exc())
+
+
 def _costs(space: SearchSpace, arch: Arch, constraints: Sequence[Constraint],
            cost_model: CostModel) -> dict[str, float] | Result:
     """The costs known before training, or the Result of an Arch that cannot be measured or breaks a
@@ -38,7 +44,7 @@ def _costs(space: SearchSpace, arch: Arch, constraints: Sequence[Constraint],
     except LatencyError:
         raise  # the device cannot measure at all: an input error, not this trial's failure
     except Exception as exc:  # a space that cannot build this Arch: record it, keep searching
-        return Result("failed", {}, f"cost measurement: {type(exc).__name__}: {exc}")
+        return _raised(exc, during="cost measurement: ")
     broken = violations(constraints, costs)
     plan = cost_model.latency
     if plan is not None and plan.confirmed:  # the estimate is the table's, corrected: keep both apart
@@ -62,6 +68,11 @@ def _confirm_latency(space: SearchSpace, arch: Arch, constraints: Sequence[Const
     return Result("infeasible", metrics, "; ".join(broken)) if broken else None
 
 
+def needs_costs(constraints: Sequence[Constraint], costs: CostModel) -> bool:
+    """Whether a table's answer needs the architecture's costs first: a constraint to check, or a latency."""
+    return bool(constraints) or costs.latency is not None
+
+
 def look_up(arch: Arch, *, space: SearchSpace, task: TabularTask, constraints: Sequence[Constraint],
             costs: CostModel) -> Result:
     """A tabular task's answer: the signal as "accuracy", the reported columns held out from the strategy.
@@ -69,18 +80,12 @@ def look_up(arch: Arch, *, space: SearchSpace, task: TabularTask, constraints: S
     Costs are measured only where constraints need them: a lookup takes microseconds and building the model
     to count its MACs would take the whole time of a benchmark."""
     found: dict[str, float] = {}
-    if constraints or costs.latency is not None:
+    if needs_costs(constraints, costs):
         checked = _costs(space, arch, constraints, costs)
         if isinstance(checked, Result):
             return checked
         found = checked
-    try:
-        answer = task.query(space.describe(arch))
-    except (LookupError, ValueError) as exc:
-        return Result("failed", found, str(exc.args[0]) if exc.args else type(exc).__name__)
-    if not math.isfinite(answer.signal):
-        return Result("failed", found, "the table's signal is not finite (NaN or inf)", dict(answer.reported))
-    return Result("ok", {**found, "accuracy": answer.signal}, held_out=dict(answer.reported))
+    return table_result(task, space.describe(arch), found)
 
 
 def evaluate(trial: Trial, *, space: SearchSpace, task: Task | TabularTask, constraints: Sequence[Constraint],
@@ -88,9 +93,21 @@ def evaluate(trial: Trial, *, space: SearchSpace, task: Task | TabularTask, cons
              costs: CostModel | None = None) -> Outcome:
     """Costs are measured at the target configuration and checked before any training; the proxy trains at
     round(proxy_scale x base resolution); a latency predicted by a table is confirmed by measuring the
-    trained architecture. A trial that raises or yields NaN is `failed`, not fatal. A tabular task answers
+    trained architecture. A trial that raises or yields NaN is `failed`, not fatal; one that raised keeps
+    its traceback (the driver stops a search whose trials keep raising the same exception). A device that
+    cannot measure latency at all (LatencyError) is bad input and ends the search. A tabular task answers
     from its table instead (`look_up`), with no model."""
-    cost_model = costs or CostModel()
+    try:
+        return _evaluate(trial, space=space, task=task, constraints=constraints, epochs=epochs, seed=seed,
+                         on_epoch=on_epoch, cost_model=costs or CostModel())
+    except LatencyError:
+        raise
+    except Exception as exc:  # a bug of the space, the task or nasplat: this trial fails, the search goes on
+        return Outcome(_raised(exc), None)
+
+
+def _evaluate(trial: Trial, *, space: SearchSpace, task: Task | TabularTask, constraints: Sequence[Constraint],
+              epochs: int, seed: int, on_epoch: EpochCallback | None, cost_model: CostModel) -> Outcome:
     if isinstance(task, TabularTask):
         return Outcome(look_up(trial.arch, space=space, task=task, constraints=constraints, costs=cost_model), None)
     start = time.perf_counter()
@@ -103,8 +120,7 @@ def evaluate(trial: Trial, *, space: SearchSpace, task: Task | TabularTask, cons
         metrics = task.train_eval(model, input_size=input_size, epochs=epochs, seed=seed + trial.id,
                                   on_epoch=on_epoch)
     except Exception as exc:
-        return Outcome(Result("failed", {**costs, "input_size": input_size}, f"{type(exc).__name__}: {exc}"),
-                       None)
+        return Outcome(_raised(exc, {**costs, "input_size": input_size}), None)
     if not all(math.isfinite(float(v)) for v in metrics.values()):
         return Outcome(Result("failed", {**costs, **metrics}, "metrics are not finite (NaN or inf)"), None)
     metrics = {**costs, **metrics, "input_size": input_size}
