@@ -164,9 +164,30 @@ class Target:
 class SearchSpace(ABC):
     """A family of architectures: declares its parameters and builds a standalone model for an Arch.
 
-    Subclasses register with `@register_space(name)`. Searched parameters come from `parameters()`;
-    `complete()` adds those a space derives instead of searching (TinyNet solves its width for the
-    budget). Capabilities a space lacks (a supernet, say) are simply absent.
+    A space is one module that registers its class with `@register_space(name)`, found through an entry
+    point of the group `nasplat.search_spaces` (docs/extending.md walks through one). The keyword-only
+    arguments of `__init__` are its options (`--space-option KEY=VALUE`). The contract:
+
+    Required (abstract, or a UserError naming the space where first used):
+    - `parameters()`: the searched parameters, each a Choice, IntRange or FloatRange.
+    - `build(arch, num_classes=)`: a fresh, untrained torch model for an Arch.
+    - `target(arch)`: the input shape and classes at which costs are measured and the model deployed.
+    - `smallest()`: the cheapest Arch. A budget (--flops, --params, --latency) it breaks is refused before
+      a search starts, and --dry-run reports its costs. No default: which value costs least depends on what
+      the space builds (choices are unordered, and a larger value may build a cheaper model).
+
+    Optional, with defaults:
+    - `complete()`: the Arch for searched values; a space overrides it to derive parameters instead of
+      searching them (TinyNet solves its width for the budget). Default: the searched values as they are.
+    - `validate()`: checks an Arch against `parameters()`; extend it for derived parameters.
+    - `sample()`, `mutate()`, `neighbours()`, `size()`, `enumerate()`: from `parameters()`.
+    - `proxy_scale()`: the proxy input side as a share of the task's (default 1.0).
+    - `describe()`, `to_text()`, `parse()`: how reports and files name an Arch (default: its parameters, JSON).
+    - `default_task` ("classification") and `default_task_options` (none).
+
+    Optional capabilities, absent unless a space has them:
+    - `latency_units()` and `latency_unit_space()`: the per-op decomposition latency lookup tables need.
+    - `supernet()`: a weight-sharing supernet for one-shot strategies (the contract is in nasplat.oneshot).
     """
 
     name: ClassVar[str]
@@ -229,8 +250,16 @@ class SearchSpace(ABC):
                 raise UserError(f"parameter {name!r}={arch[name]!r} lies outside {param}")
 
     def smallest(self) -> Arch:
-        """The cheapest architecture of the space (used to reject budgets no architecture meets)."""
-        raise NotImplementedError(f"space {self.name!r} does not name its smallest architecture")
+        """The cheapest Arch of the space: no other has fewer MACs or params, or a lower latency, so that a
+        budget it breaks is one no architecture meets. Required: budgets and --dry-run are checked with it.
+
+        The base has no answer, since it cannot know which values build the cheapest model; it raises a
+        UserError, one line that names the space and what to implement, instead of a traceback.
+        """
+        cls = type(self)
+        raise UserError(f"search space {self.name!r} ({cls.__module__}.{cls.__qualname__}) does not define "
+                        f"smallest(), which budgets and --dry-run need: return its cheapest Arch (see "
+                        f"docs/extending.md)")
 
     def latency_units(self, arch: Arch) -> list[Unit]:
         """`arch` decomposed into the ops a latency lookup table keys (nasplat.cost.lut), in the order the

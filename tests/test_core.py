@@ -85,6 +85,26 @@ def test_toy_space_validates():
     json.loads(arch.to_json())
 
 
+@pytest.mark.parametrize("flags", [["--flops", "1M"], ["--dry-run"]], ids=["budget", "dry-run"])
+def test_a_space_without_smallest_is_told_what_to_add(tmp_path, monkeypatch, capsys, flags):
+    """smallest() is part of a space's contract: a search with a budget, or a dry run, of a space that lacks it
+    ends in one line that names the space and the method to add (exit 2), not in a traceback."""
+    from nasplat.cli import main
+    from nasplat.space import SearchSpace
+    from toy import ToySpace
+
+    class Unsized(ToySpace):
+        name = "unsized"
+        smallest = SearchSpace.smallest  # the base's, as in a space that does not define it
+
+    monkeypatch.setitem(SPACES._items, "unsized", Unsized)  # registered for this test only
+    assert main(["search", "unsized", *flags, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("nasplat: error: search space 'unsized'"), err
+    assert "Unsized) does not define smallest()" in err and "docs/extending.md" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_an_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
     """A kill between writing and renaming (here, during the flush to disk) leaves the old content and no
     temporary file (tables, predictors, manifests and run state are written through nasplat.files)."""

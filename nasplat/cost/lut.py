@@ -133,22 +133,19 @@ def _read_json(path: Path) -> dict[str, Any]:
 def random_archs(space: SearchSpace, n: int, *, seed: int | str) -> list[Arch]:
     """`n` architectures spread over what a search visits: searched parameters sampled, derived ones
     solved for a MAC budget drawn log-uniformly between the smallest architecture's MACs and those of the
-    unconstrained one (for TinyNet: random r and d, and a width between 0.25 and 1). Without a smallest
-    architecture, the unconstrained one. Deterministic for a seed."""
+    unconstrained one (for TinyNet: random r and d, and a width between 0.25 and 1). Deterministic for a
+    seed."""
     from ..constraints import Constraint
     from .flops import measure
 
     rng = random.Random(seed)
-    try:
-        low = measure(space, space.smallest())["macs"]
-    except NotImplementedError:
-        low = None
+    low = measure(space, space.smallest())["macs"]
     archs = []
     for _ in range(n):
         params = space.sample(rng)
         arch = space.complete(params)
         high = measure(space, arch)["macs"]
-        if low is not None and high > low:
+        if high > low:
             budget = math.exp(rng.uniform(math.log(low), math.log(high)))
             arch = space.complete(params, constraints=[Constraint("macs", budget)])
         archs.append(arch)
