@@ -1,8 +1,6 @@
 """The Ray runner on a local Ray: every registered strategy unchanged, the local runner's trials at one
 worker, a worker's kill -9 retried, a driver's kill -9 resumed, ASHA, a cluster of two nodes, bad input.
-
-Searches run through the CLI in a subprocess (tests/run_cli.py), as users run them: Ray's workers then find
-the toy plug-ins in the script's folder, which Ray puts on their path.
+Node loss, the cleanup of Ray at the driver's end and `ray job submit` are in test_ray_faults.py.
 """
 from __future__ import annotations
 
@@ -11,11 +9,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from ray_util import CLI, cli, descendants, events, only_run, wait_for
 
 from nasplat.registry import STRATEGIES
 from nasplat.run import SearchConfig, read_journal
@@ -23,72 +20,20 @@ from nasplat.runner.ray_cluster import RayUnavailable, fit_workers
 from nasplat.runner.ray_trial import EPOCH, METRICS, RESULT, decode
 from nasplat.strategy import Result
 
-CLI = [sys.executable, str(Path(__file__).with_name("run_cli.py"))]
 MULTI_TRIAL = [name for name in STRATEGIES.names() if not STRATEGIES.get(name).one_shot]  # one-shot: local only
-
-
-def _cli(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _run(out: Path) -> Path:
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
-    return run
-
-
-def _events(run: Path, kind: str) -> list[dict]:
-    return [e for e in read_journal(run / "journal.jsonl") if e["event"] == kind]
-
-
-def _descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every process below `pid`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        try:
-            found.append((child, (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
-        except OSError:
-            continue
-        todo.extend(children.get(child, []))
-    return found
-
-
-def _wait_for(condition, *, seconds: float, what: str) -> None:
-    deadline = time.time() + seconds
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _kill_all(pids) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.parametrize("strategy", MULTI_TRIAL)
 def test_every_registered_strategy_runs_on_ray_unchanged(tmp_path, strategy):
-    done = _cli(["search", "toy", "--strategy", strategy, "--trials", "5", "--workers", "2", "--seed", "2",
-                 "--out", str(tmp_path)])
+    done = cli(["search", "toy", "--strategy", strategy, "--trials", "5", "--workers", "2", "--seed", "2",
+                "--out", str(tmp_path)])
     assert done.returncode == 0, done.stderr
-    run = _run(tmp_path)
-    results = _events(run, "result")
+    run = only_run(tmp_path)
+    results = events(run, "result")
     assert sorted(r["trial"] for r in results) == list(range(5)) and all(r["status"] == "ok" for r in results)
-    start, end = _events(run, "start")[0], _events(run, "end")[-1]
+    start, end = events(run, "start")[0], events(run, "end")[-1]
     assert start["runner"] == "ray" and start["workers"] == 2 and start["ray_address"] == "local"
-    assert end["reason"] == "done" and len(_events(run, "epoch")) == 5 * 2
+    assert end["reason"] == "done" and len(events(run, "epoch")) == 5 * 2
     assert json.loads((run / "best" / "arch.json").read_text())["arch"] == \
         max(results, key=lambda r: r["metrics"]["accuracy"])["arch"]
     assert (run / "best" / "weights.safetensors").exists()  # the best trial's weights came back from its worker
@@ -99,10 +44,10 @@ def test_every_registered_strategy_runs_on_ray_unchanged(tmp_path, strategy):
 def test_one_worker_runs_the_trials_the_local_runner_runs(tmp_path, strategy):
     common = ["search", "toy", "--strategy", strategy, "--trials", "6", "--seed", "4"]
     one_thread = {"OMP_NUM_THREADS": "1"}  # as a Ray trial at one CPU: the same float sums, the same accuracies
-    local = _cli([*common, "--out", str(tmp_path / "local")], env=one_thread)
-    on_ray = _cli([*common, "--workers", "1", "--out", str(tmp_path / "ray")])
+    local = cli([*common, "--out", str(tmp_path / "local")], env=one_thread)
+    on_ray = cli([*common, "--workers", "1", "--out", str(tmp_path / "ray")])
     assert local.returncode == 0 and on_ray.returncode == 0, local.stderr + on_ray.stderr
-    a, b = (_events(_run(tmp_path / name), "result") for name in ("local", "ray"))
+    a, b = (events(only_run(tmp_path / name), "result") for name in ("local", "ray"))
     assert [r["trial"] for r in b] == list(range(6))
     assert [r["arch"] for r in a] == [r["arch"] for r in b]
     assert [r["metrics"]["accuracy"] for r in a] == [r["metrics"]["accuracy"] for r in b]
@@ -114,22 +59,23 @@ def test_a_worker_killed_mid_trial_is_retried_and_every_trial_is_accounted_for(t
                             env={**os.environ, "TOY_SLEEP": "0.5"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: any(tmp_path.iterdir()) and _events(_run(tmp_path), "epoch"), seconds=90,
-                  what="a trial's first epoch")
-        workers = [pid for pid, cmd in _descendants(proc.pid) if "ImplicitFunc" in cmd]
-        assert workers, _descendants(proc.pid)
+        wait_for(lambda: any(tmp_path.iterdir()) and events(only_run(tmp_path), "epoch"), seconds=90,
+                 what="a trial's first epoch")
+        workers = [pid for pid, cmd in descendants(proc.pid) if "ImplicitFunc" in cmd]
+        assert workers, descendants(proc.pid)
         os.kill(workers[0], signal.SIGKILL)  # in its second epoch: each sleeps 0.5 s
         _, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    run = _run(tmp_path)
-    results = _events(run, "result")
+    run = only_run(tmp_path)
+    results = events(run, "result")
     assert sorted(r["trial"] for r in results) == list(range(6))  # each once, none lost
     assert all(r["status"] == "ok" for r in results)
-    (retry,) = _events(run, "retry")
+    (retry,) = events(run, "retry")
     assert retry["failures"] == 1 and retry["trial"] in {r["trial"] for r in results}
-    assert _events(run, "end")[-1]["reason"] == "done"
+    assert retry["reason"] and not retry["reason"].startswith("node ")  # its worker died, its node lives
+    assert events(run, "end")[-1]["reason"] == "done"
 
 
 def test_a_killed_driver_resumes_without_losing_or_repeating_a_trial(tmp_path):
@@ -140,47 +86,44 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_a_trial(tmp_path):
     def mid_trial() -> bool:
         if not any(tmp_path.iterdir()):
             return False
-        events = read_journal(_run(tmp_path) / "journal.jsonl")
-        return sum(e["event"] == "result" for e in events) >= 2 and events[-1]["event"] == "epoch"
+        journal = read_journal(only_run(tmp_path) / "journal.jsonl")
+        return sum(e["event"] == "result" for e in journal) >= 2 and journal[-1]["event"] == "epoch"
 
     try:
-        _wait_for(mid_trial, seconds=90, what="two results and a trial in flight")
-        ray_processes = [pid for pid, _ in _descendants(proc.pid)]
-        os.kill(proc.pid, signal.SIGKILL)
+        wait_for(mid_trial, seconds=90, what="two results and a trial in flight")
+        os.kill(proc.pid, signal.SIGKILL)  # the local Ray it started is stopped by its watcher
         proc.wait()
-        _kill_all(ray_processes)  # the local Ray the driver started can outlive it (as after `ray stop` skipped)
     finally:
         proc.kill()
-        _kill_all(pid for pid, _ in _descendants(proc.pid))
-    run = _run(tmp_path)
-    before = _events(run, "result")
-    asked = _events(run, "ask")
+    run = only_run(tmp_path)
+    before = events(run, "result")
+    asked = events(run, "ask")
     in_flight = [a for a in asked if a["trial"] not in {r["trial"] for r in before}]
     assert in_flight
 
-    done = _cli(["search", "--resume", str(run)])
+    done = cli(["search", "--resume", str(run)])
     assert done.returncode == 0, done.stderr
-    after = _events(run, "result")
+    after = events(run, "result")
     assert sorted(r["trial"] for r in after) == list(range(8))  # none lost, none twice
     assert after[:len(before)] == before  # the finished results untouched
     for trial in in_flight:  # each trial in flight reran with its Arch
         assert next(r for r in after if r["trial"] == trial["trial"])["arch"] == trial["arch"]
-    starts = _events(run, "start")
+    starts = events(run, "start")
     assert starts[-1]["resumed"] and set(starts[-1]["pending"]) == {t["trial"] for t in in_flight}
 
 
 def test_asha_stops_trials_early_and_the_journal_says_so(tmp_path):
-    done = _cli(["search", "toy", "--strategy", "evolution", "--trials", "10", "--epochs", "4", "--workers", "2",
-                 "--scheduler", "asha", "--seed", "5", "--out", str(tmp_path)])
+    done = cli(["search", "toy", "--strategy", "evolution", "--trials", "10", "--epochs", "4", "--workers", "2",
+                "--scheduler", "asha", "--seed", "5", "--out", str(tmp_path)])
     assert done.returncode == 0, done.stderr
-    run = _run(tmp_path)
-    results = _events(run, "result")
+    run = only_run(tmp_path)
+    results = events(run, "result")
     assert sorted(r["trial"] for r in results) == list(range(10))
     stopped = [r for r in results if r["status"] == "stopped"]
     assert stopped and all(r["metrics"]["epoch"] < 4 and "ASHA" in r["error"] for r in stopped)
     assert all(r["status"] == "ok" for r in results if r not in stopped)
     for r in stopped:  # its epochs are journaled up to where it stopped
-        assert max(e["epoch"] for e in _events(run, "epoch") if e["trial"] == r["trial"]) == r["metrics"]["epoch"]
+        assert max(e["epoch"] for e in events(run, "epoch") if e["trial"] == r["trial"]) == r["metrics"]["epoch"]
     assert "stopped early" in (run / "report" / "summary.md").read_text()
 
 
@@ -190,23 +133,23 @@ def test_joins_a_cluster_of_two_nodes(tmp_path):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1)
-        done = _cli(["search", "toy", "--strategy", "random", "--trials", "4", "--ray-address", cluster.address,
-                     "--seed", "1", "--out", str(tmp_path)])
+        done = cli(["search", "toy", "--strategy", "random", "--trials", "4", "--ray-address", cluster.address,
+                    "--seed", "1", "--out", str(tmp_path)])
         assert done.returncode == 0, done.stderr
-        run = _run(tmp_path)
-        start = _events(run, "start")[0]
+        run = only_run(tmp_path)
+        start = events(run, "start")[0]
         assert start["ray_address"] == cluster.address and start["cluster_cpus"] == 2 and start["workers"] == 2
-        assert sorted(r["trial"] for r in _events(run, "result")) == list(range(4))
+        assert sorted(r["trial"] for r in events(run, "result")) == list(range(4))
     finally:
         cluster.shutdown()
 
 
 def test_more_workers_than_cpus_warns_and_caps(tmp_path):
-    done = _cli(["search", "toy", "--strategy", "random", "--trials", "2", "--workers", "64", "--out", str(tmp_path)])
+    done = cli(["search", "toy", "--strategy", "random", "--trials", "2", "--workers", "64", "--out", str(tmp_path)])
     assert done.returncode == 0, done.stderr
     cpus = os.cpu_count() or 1
     assert f"running {min(cpus, 64)} trials at a time" in " ".join(done.stderr.split())
-    assert _events(_run(tmp_path), "start")[0]["workers"] == cpus
+    assert events(only_run(tmp_path), "start")[0]["workers"] == cpus
 
 
 def test_an_unreachable_ray_address_is_one_line_and_exit_2_within_30s(tmp_path):
@@ -214,8 +157,8 @@ def test_an_unreachable_ray_address_is_one_line_and_exit_2_within_30s(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     started = time.time()
-    done = _cli(["search", "toy", "--runner", "ray", "--ray-address", f"127.0.0.1:{port}",
-                 "--out", str(tmp_path / "runs")], timeout=60)
+    done = cli(["search", "toy", "--runner", "ray", "--ray-address", f"127.0.0.1:{port}",
+                "--out", str(tmp_path / "runs")], timeout=60)
     assert time.time() - started < 30
     assert done.returncode == 2
     err = done.stderr.strip()
@@ -231,7 +174,7 @@ def test_an_unreachable_ray_address_is_one_line_and_exit_2_within_30s(tmp_path):
     (["--ray-address", "nowhere"], "give auto, host:port"),
 ])
 def test_bad_ray_options_are_one_line_and_exit_2(tmp_path, args, needle):
-    done = _cli(["search", "toy", *args, "--out", str(tmp_path / "runs")], timeout=60)
+    done = cli(["search", "toy", *args, "--out", str(tmp_path / "runs")], timeout=60)
     assert done.returncode == 2, done.stderr
     err = done.stderr.strip()
     assert len(err.splitlines()) == 1 and needle in err, err

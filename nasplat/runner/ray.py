@@ -2,7 +2,8 @@
 
 A Searcher adapter asks and tells the strategy (`ray_searcher`); each trial is a function trainable that
 calls `evaluate` and reports every epoch (`ray_trial`); `--scheduler asha` lets Tune's ASHA stop
-unpromising trials at an epoch; a trial whose worker dies is retried through Tune's FailureConfig. The driver
+unpromising trials at an epoch; a trial whose worker dies (or whose node is lost) is retried through Tune's
+FailureConfig, and the journal's `retry` event says why (`ray_searcher.last_failure`). The driver
 journals each result as it arrives and snapshots the strategy at every ask (`driver`), so the run directory
 stays the single record: a driver killed with kill -9 resumes with `--resume` and neither loses nor repeats
 a finished trial. Tune's own experiment folder is scratch (a temporary directory, removed at the end);
@@ -15,22 +16,20 @@ run on the first worker while Tune requests and cancels the others); bench/ray_d
 """
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from ..errors import UserError
 from ..run import RunDir, SearchConfig
 from ..tasks.base import TabularTask
 from .components import Components, build_components
 from .driver import Driver, SearchOutcome
-from .ray_cluster import RaySession, ray_session
-from .ray_trial import EPOCH, TrialJob, forget_roll_call, run_trial
+from .ray_cluster import RaySession, environment, ray_session
+from .ray_trial import EPOCH, LookupJob, forget_roll_call, run_trial, search_job
 
 if TYPE_CHECKING:
     from ..tasks.base import Task
@@ -49,22 +48,8 @@ TUNE_ENV = {
 def check_ray_options(config: SearchConfig, task: Task | TabularTask) -> None:
     """Input errors of a Ray search that need its task, found before anything is written."""
     if config.scheduler == "asha" and isinstance(task, TabularTask):
-        raise ValueError(f"--scheduler asha stops training at an epoch, and task {task.name!r} answers from a "
+        raise UserError(f"--scheduler asha stops training at an epoch, and task {task.name!r} answers from a "
                          "table without training; leave --scheduler out")
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def run_search_ray(run: RunDir, *, resume: bool = False, console: Console | None = None,
@@ -89,11 +74,12 @@ def run_search_ray(run: RunDir, *, resume: bool = False, console: Console | None
     comp = components or build_components(config, run)
     check_ray_options(config, comp.task)
     driver = Driver(run, resume=resume, console=console, components=comp, record=session.describe())
-    job = TrialJob(secrets.token_hex(8), comp.space, comp.task, tuple(config.constraints), comp.epochs,
-                   config.seed, comp.costs, comp.strategy.metric, max(1, int(config.cpus_per_trial)),
-                   min(session.workers, config.trials or session.workers))  # a worker no trial needs never signs in
+    job = search_job(secrets.token_hex(8), space=comp.space, task=comp.task, constraints=config.constraints,
+                     epochs=comp.epochs, seed=config.seed, costs=comp.costs, metric=comp.strategy.metric,
+                     threads=max(1, int(config.cpus_per_trial)),  # a worker no trial needs never signs in:
+                     workers=min(session.workers, config.trials or session.workers))
     events = TuneEvents(driver)
-    searcher = StrategySearcher(driver, events)
+    searcher = StrategySearcher(driver, events, lookups=isinstance(job, LookupJob))
     scheduler = ASHAScheduler(time_attr=EPOCH, metric=comp.strategy.metric, mode="max", max_t=comp.epochs) \
         if config.scheduler == "asha" else None
     trainable = tune.with_resources(tune.with_parameters(run_trial, job=job),
@@ -111,7 +97,7 @@ def run_search_ray(run: RunDir, *, resume: bool = False, console: Console | None
                                      suffix=f" (ray, {session.workers} workers)")
     reason = "done"
     try:
-        with progress, _environment({**TUNE_ENV, "TUNE_MAX_PENDING_TRIALS_PG": str(session.workers)}):
+        with progress, environment({**TUNE_ENV, "TUNE_MAX_PENDING_TRIALS_PG": str(session.workers)}):
             tuner.fit()
         if searcher.crash is not None:
             raise searcher.crash

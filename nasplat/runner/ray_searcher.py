@@ -15,6 +15,7 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from ..strategy import Result, Trial
+from .ray_cluster import lost_node
 from .ray_trial import EPOCH, METRICS, WEIGHTS, decode, load_model, trial_config
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class TuneEvents(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: TuneTrial, **info: Any) -> None:
         self.driver.run.append({"event": "retry", "trial": trial.config["trial"], "failures": trial.num_failures,
-                                "error": last_failure(trial)})
+                                "reason": last_failure(trial)})
 
     def error(self, trial_id: str) -> str:
         trial = self.trials.get(trial_id)
@@ -58,24 +59,28 @@ class TuneEvents(Callback):
 
 def last_failure(trial: TuneTrial) -> str:
     """One line for the latest failure Tune wrote to the trial's error file: the exception raised, or the
-    first line of Ray's message (a worker that died has no exception of its own)."""
+    first line of Ray's message (a worker that died has no exception of its own), after "node <id> died: "
+    where the worker's node was lost."""
     try:
         text = Path(trial.error_file).read_text() if trial.error_file else ""
     except OSError:
         text = ""
     block = [line.strip() for line in text.split("Failure #")[-1].splitlines()[1:] if line.strip()]
     raised = [line for line in block if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", line)]
-    return (raised or block or ["no error recorded"])[-1 if raised else 0]
+    line = (raised or block or ["no error recorded"])[-1 if raised else 0]
+    node = lost_node("\n".join(block))
+    return f"node {node} died: {line}" if node else line
 
 
 class StrategySearcher(Searcher):
     """A nasplat Strategy as Ray Tune's Searcher. `suggest` returns None (ask again later) while the trials
     in flight would fill the number asked for, and FINISHED once they are all in or the search must end."""
 
-    def __init__(self, driver: Driver, events: TuneEvents):
+    def __init__(self, driver: Driver, events: TuneEvents, *, lookups: bool = False):
         super().__init__()
         self.driver = driver
         self.events = events
+        self.lookups = lookups  # whether the trials run as a LookupJob's: each config then carries its table key
         self.live: dict[str, Trial] = {}  # Tune trial id -> the nasplat trial it runs
         self.reason = "done"
         self.crash: BaseException | None = None  # an error of the strategy or the journal: ends the search
@@ -100,7 +105,8 @@ class StrategySearcher(Searcher):
         trial = self.driver.take()
         self.driver.run.asked(trial)
         self.live[trial_id] = trial
-        return trial_config(trial, ship_above=self.driver.best_score())
+        key = self.driver.comp.space.describe(trial.arch) if self.lookups else None
+        return trial_config(trial, ship_above=self.driver.best_score(), key=key)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         trial = self.live.pop(trial_id, None)
