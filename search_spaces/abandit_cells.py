@@ -36,8 +36,10 @@ from nasplat.arch import Arch
 from nasplat.cost import count_costs
 from nasplat.oneshot import cells
 from nasplat.oneshot.cells import CellLayout, CellParam, CellSupernet, Genotype, OpCosts
+from nasplat.errors import UserError
+from nasplat.oneshot.darts_ops import conv_bn, darts_ops
+from nasplat.oneshot.mixed_edges import MixedEdge, OpTable, node_states
 from nasplat.registry import register_space
-from nasplat.search_spaces.binary_cells import MixedEdge, Prep, conv_bn, full_precision, node_states
 from nasplat.space import SearchSpace, Target
 
 OPS = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "conv_3x3", "conv_5x5", "sep_conv_3x3", "sep_conv_5x5",
@@ -129,30 +131,17 @@ class DenoisingBlock(nn.Module):
         return F.avg_pool2d(out, 2) if self.stride == 2 else out
 
 
-# op -> (its prep at stride 1 and at stride 2, the core applied to the prep's output: (channels, stride,
-# affine BN) -> module). Standalone ops are prep then core; the supernet shares each source's preps among
-# its edges. The denoising blocks' BN is always affine: its zero-initialised scale is what makes them start
-# as the identity.
-OP_TABLE: dict[str, tuple[tuple[str, str], Callable[[int, int, bool], nn.Module]]] = {
-    "max_pool_3x3": full_precision("max_pool_3x3"),
-    "avg_pool_3x3": full_precision("avg_pool_3x3"),
-    "skip_connect": full_precision("skip_connect"),
+# DARTS's ops at full precision, two dilated full convolutions and the defence ops. The denoising blocks' BN
+# is always affine: its zero-initialised scale is what makes them start as the identity.
+TABLE = OpTable({
+    **{op: darts_ops().entries[op] for op in ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
+                                               "sep_conv_5x5")},
     "conv_3x3": (("relu", "relu"), conv_bn(3, 2)),
     "conv_5x5": (("relu", "relu"), conv_bn(5, 2)),
-    "sep_conv_3x3": full_precision("sep_conv_3x3"),
-    "sep_conv_5x5": full_precision("sep_conv_5x5"),
     "gabor_3x3": (("none", "none"), lambda c, s, a: DenoisingBlock(GaborFilter(c), c, s)),
     "denoise_3x3": (("none", "none"), lambda c, s, a: DenoisingBlock(DotProductFilter(), c, s)),
-}
-
-
-def prep_of(op: str, stride: int) -> str:
-    return OP_TABLE[op][0][stride - 1]
-
-
-def make_op(op: str, channels: int, stride: int, *, affine: bool = True) -> nn.Module:
-    """A standalone op: its prep, then its core."""
-    return nn.Sequential(Prep(prep_of(op, stride), stride, "none"), OP_TABLE[op][1](channels, stride, affine))
+})
+make_op = TABLE.make_op  # a standalone op: its prep, then its core
 
 
 def _preprocess(c_in: int, c_out: int, affine: bool) -> nn.Module:
@@ -236,11 +225,6 @@ class Network(_Macro):
         return self.features(x, lambda cell, s: cell(s))
 
 
-def _edge(c: int, stride: int, partial: int) -> MixedEdge:
-    return MixedEdge(OPS, channels=c, partial=partial, prep=lambda op: prep_of(op, stride),
-                     core=lambda op, part: OP_TABLE[op][1](part, stride, False))
-
-
 class SuperCell(nn.Module):
     """A supernet cell: every node sums all its incoming mixed edges; the channels that bypass the ops are
     added per node and shuffled back in (PC-DARTS)."""
@@ -250,7 +234,8 @@ class SuperCell(nn.Module):
         self.layout, self.group, self.reduction = layout, group, reduction
         self.partial = partial
         self.pre = _preprocess(c_prev, c, False)
-        self.edges = nn.ModuleList(_edge(c, 2 if layout.strided(e, reduction=reduction) else 1, partial)
+        self.edges = nn.ModuleList(MixedEdge(TABLE, OPS, channels=c, partial=partial,
+                                             stride=2 if layout.strided(e, reduction=reduction) else 1)
                                    for e in range(layout.edges))
 
     def forward(self, s: torch.Tensor, weights: torch.Tensor | None, edge_weights: torch.Tensor | None,
@@ -296,11 +281,11 @@ class AbanditCells(SearchSpace):
     def __init__(self, *, channels: int = 16, layers: int = 8, cell_types: int = 3, resolution: int = 32,
                  num_classes: int = 10):
         if channels < 1 or layers < 3 or resolution < 8 or num_classes < 2:
-            raise ValueError(f"abandit-cells needs channels >= 1, layers >= 3, resolution >= 8 and num_classes >= 2; "
-                             f"got {channels}, {layers}, {resolution}, {num_classes}")
+            raise UserError(f"abandit-cells needs channels >= 1, layers >= 3, resolution >= 8 and num_classes >= 2; "
+                            f"got {channels}, {layers}, {resolution}, {num_classes}")
         if not isinstance(cell_types, int) or cell_types < 2 or cell_types > layers:
-            raise ValueError(f"abandit-cells: cell_types={cell_types!r}; it takes 2 (normal, reduce) up to layers "
-                             f"({layers}): two reduction types and cell_types - 2 normal ones")
+            raise UserError(f"abandit-cells: cell_types={cell_types!r}; it takes 2 (normal, reduce) up to layers "
+                            f"({layers}): two reduction types and cell_types - 2 normal ones")
         super().__init__(channels=channels, layers=layers, cell_types=cell_types, resolution=resolution,
                          num_classes=num_classes)
         self.plan = cell_plan(layers, cell_types)
@@ -320,10 +305,10 @@ class AbanditCells(SearchSpace):
         super().validate(arch)
         for key in ("channels", "layers", "cell_types", "resolution", "classes"):
             if key not in arch:
-                raise ValueError(f"architecture lacks {key!r}")
+                raise UserError(f"architecture lacks {key!r}")
         if (arch["layers"], arch["cell_types"]) != (self.options["layers"], self.options["cell_types"]):
-            raise ValueError(f"architecture has {arch['layers']} layers of {arch['cell_types']} cell types; this "
-                             f"space lays {self.options['cell_types']} over {self.options['layers']}")
+            raise UserError(f"architecture has {arch['layers']} layers of {arch['cell_types']} cell types; this "
+                            f"space lays {self.options['cell_types']} over {self.options['layers']}")
 
     def build(self, arch: Arch, *, num_classes: int | None = None) -> nn.Module:
         self.validate(arch)
@@ -361,7 +346,7 @@ class AbanditCells(SearchSpace):
         o = self.options
         sizes = cells.plan_sizes(self.plan, channels=o["channels"], resolution=o["resolution"])
         fixed = count_costs(self.build(self.smallest()), self.target(self.smallest()).input_shape)["macs"]
-        return cells.measure_op_costs(self.layout, sizes, lambda op, c, s: make_op(op, c, s), fixed=fixed)
+        return cells.measure_op_costs(self.layout, sizes, make_op, fixed=fixed)
 
     def draw(self, arch: Arch, out: Path) -> list[Path]:
         """<type>.png in `out` per cell type: the cell as a left-to-right DAG with its ops on the edges."""

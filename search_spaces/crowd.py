@@ -44,8 +44,10 @@ from nasplat.arch import Arch
 from nasplat.cost import count_costs
 from nasplat.oneshot import cells
 from nasplat.oneshot.cells import CellLayout, CellParam, CellSupernet, Genotype, OpCosts
+from nasplat.errors import UserError
+from nasplat.oneshot.darts_ops import FactorizedReduce, conv_bn, darts_ops
+from nasplat.oneshot.mixed_edges import MixedEdge, OpTable, node_states
 from nasplat.registry import register_space
-from nasplat.search_spaces.binary_cells import FactorizedReduce, MixedEdge, Prep, conv_bn, full_precision, node_states
 from nasplat.space import SearchSpace, Target
 
 OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "conv_3x3", "conv_5x5",
@@ -59,27 +61,15 @@ PRIOR_DENSITY = 0.05  # heads per output pixel at the start of training
 
 # -- operations -----------------------------------------------------------------------------------------------
 
-# op -> (its prep at stride 1 and at stride 2, the core on the prep's output: (channels, stride, affine BN) ->
-# module). Standalone ops are prep then core; the supernet shares each source's preps among its edges.
-OP_TABLE: dict[str, tuple[tuple[str, str], Callable[[int, int, bool], nn.Module]]] = {
-    "max_pool_3x3": full_precision("max_pool_3x3"),
-    "avg_pool_3x3": full_precision("avg_pool_3x3"),
-    "skip_connect": full_precision("skip_connect"),
-    "sep_conv_3x3": full_precision("sep_conv_3x3"),
+# DARTS's pools, skip and separable 3 x 3 at full precision, and full convolutions of several sizes and rates
+TABLE = OpTable({
+    **{op: darts_ops().entries[op] for op in ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3")},
     "conv_3x3": (("relu", "relu"), conv_bn(3, 1)),
     "conv_5x5": (("relu", "relu"), conv_bn(5, 1)),
     "dil2_conv_3x3": (("relu", "relu"), conv_bn(3, 2)),
     "dil4_conv_3x3": (("relu", "relu"), conv_bn(3, 4)),
-}
-
-
-def prep_of(op: str, stride: int) -> str:
-    return OP_TABLE[op][0][stride - 1]
-
-
-def make_op(op: str, channels: int, stride: int, *, affine: bool = True) -> nn.Module:
-    """A standalone op: its prep, then its core."""
-    return nn.Sequential(Prep(prep_of(op, stride), stride, "none"), OP_TABLE[op][1](channels, stride, affine))
+})
+make_op = TABLE.make_op  # a standalone op: its prep, then its core
 
 
 def _relu_conv_bn(c_in: int, c_out: int, affine: bool) -> nn.Module:
@@ -276,11 +266,6 @@ class Network(_Macro):
 
 # -- the supernet ---------------------------------------------------------------------------------------------
 
-def _edge(c: int, stride: int, partial: int) -> MixedEdge:
-    return MixedEdge(OPS, channels=c, partial=partial, prep=lambda op: prep_of(op, stride),
-                     core=lambda op, part: OP_TABLE[op][1](part, stride, False))
-
-
 class SuperCell(nn.Module):
     """A supernet cell of any layout: every node sums all its incoming mixed edges; the channels that bypass
     the ops are added per node and shuffled back in (PC-DARTS). Returns the node states."""
@@ -288,7 +273,8 @@ class SuperCell(nn.Module):
     def __init__(self, layout: CellLayout, c: int, *, reduction: bool, partial: int):
         super().__init__()
         self.layout, self.reduction, self.partial = layout, reduction, partial
-        self.edges = nn.ModuleList(_edge(c, 2 if layout.strided(e, reduction=reduction) else 1, partial)
+        self.edges = nn.ModuleList(MixedEdge(TABLE, OPS, channels=c, partial=partial,
+                                             stride=2 if layout.strided(e, reduction=reduction) else 1)
                                    for e in range(layout.edges))
 
     def forward(self, inputs: Sequence[torch.Tensor], weights: torch.Tensor | None,
@@ -401,13 +387,13 @@ class Crowd(SearchSpace):
 
     def __init__(self, *, channels: int = 24, depth: int = 3, output_stride: int = 4, resolution: int = 512):
         if output_stride not in OUTPUT_STRIDES:
-            raise ValueError(f"crowd: output_stride={output_stride!r}; use one of {OUTPUT_STRIDES}")
+            raise UserError(f"crowd: output_stride={output_stride!r}; use one of {OUTPUT_STRIDES}")
         if not isinstance(depth, int) or depth < 2 or 2 ** (depth + 1) <= output_stride:
-            raise ValueError(f"crowd: depth={depth!r} encoder cells; it takes 2 or more, and more than "
-                             f"log2(output_stride) - 1 so that at least one decoder cell upsamples")
+            raise UserError(f"crowd: depth={depth!r} encoder cells; it takes 2 or more, and more than "
+                            f"log2(output_stride) - 1 so that at least one decoder cell upsamples")
         if channels < 1 or channels * output_stride % 4 or resolution < 2 ** (depth + 1):
-            raise ValueError(f"crowd needs channels >= 1 with channels x output_stride / 4 a whole number, and "
-                             f"resolution >= {2 ** (depth + 1)}; got channels={channels}, resolution={resolution}")
+            raise UserError(f"crowd needs channels >= 1 with channels x output_stride / 4 a whole number, and "
+                            f"resolution >= {2 ** (depth + 1)}; got channels={channels}, resolution={resolution}")
         super().__init__(channels=channels, depth=depth, output_stride=output_stride, resolution=resolution)
         self.plan = Plan(channels, depth, output_stride)
         self.layout = LAYOUT
@@ -433,10 +419,10 @@ class Crowd(SearchSpace):
             super().validate(arch)  # which says so
         for key in ("channels", "depth", "output_stride", "resolution"):
             if key not in arch:
-                raise ValueError(f"architecture lacks {key!r}")
+                raise UserError(f"architecture lacks {key!r}")
         if (arch["depth"], arch["output_stride"]) != (self.options["depth"], self.options["output_stride"]):
-            raise ValueError(f"architecture has depth {arch['depth']} and output stride {arch['output_stride']}; "
-                             f"this space has {self.options['depth']} and {self.options['output_stride']}")
+            raise UserError(f"architecture has depth {arch['depth']} and output stride {arch['output_stride']}; "
+                            f"this space has {self.options['depth']} and {self.options['output_stride']}")
         super().validate(arch)
 
     def build(self, arch: Arch, *, num_classes: int | None = None) -> nn.Module:
@@ -495,7 +481,7 @@ class Crowd(SearchSpace):
         ops = cells.measure_op_costs(
             self.link_layout, [(t, plan.channels(s), side(o["resolution"], s), False)
                                for t, s in zip(plan.links, plan.decoder_strides)],
-            lambda op, c, stride: make_op(op, c, stride), fixed=0.0)
+            make_op, fixed=0.0)
         real = torch.tensor([op != "none" for op in OPS], dtype=torch.float64)
         per_op = {}
         for t, s in zip(plan.links, plan.decoder_strides):
@@ -516,7 +502,7 @@ class Crowd(SearchSpace):
         smallest = self.smallest()
         fixed = count_costs(self.build(smallest), self.target(smallest).input_shape)["macs"] - \
             self._link_costs.of(smallest)
-        return CrowdCosts(cells.measure_op_costs(LAYOUT, sizes, lambda op, c, s: make_op(op, c, s), fixed=fixed),
+        return CrowdCosts(cells.measure_op_costs(LAYOUT, sizes, make_op, fixed=fixed),
                           self._link_costs)
 
     def draw(self, arch: Arch, out: Path) -> list[Path]:

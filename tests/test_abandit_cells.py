@@ -17,11 +17,11 @@ from nasplat.binary import BinaryConv2d
 from nasplat.cost import count_costs, measure
 from nasplat.export import export_bundle
 from nasplat.oneshot.cells import cell_graph, validate_cell
+from nasplat.oneshot.mixed_edges import SourceState
 from nasplat.registry import SPACES
 from nasplat.search_spaces.abandit_cells import (
     OPS, DenoisingBlock, DotProductFilter, GaborFilter, cell_plan, make_op,
 )
-from nasplat.search_spaces.binary_cells import SourceState
 from nasplat.tasks.image_task import reinitialise
 
 TINY = {"channels": 4, "layers": 3}

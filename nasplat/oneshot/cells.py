@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..cost import count_costs
+from ..errors import UserError
 from ..space import Param
 
 Genotype = tuple[tuple[str, int], ...]
@@ -78,27 +79,27 @@ class CellLayout:
                                                                         key=lambda p: (p[1], p[0])))
 
     def check(self, genotype: Any, *, name: str = "genotype") -> Genotype:
-        """The canonical genotype, or ValueError naming what is wrong with the literal."""
+        """The canonical genotype, or UserError naming what is wrong with the literal."""
         n, k = self.nodes * self.keep, self.keep
         example = ", ".join(repr((op, 0)) for op in self.cell_ops[:2])
         try:
             pairs = [(op, source) for op, source in genotype]
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be {n} (op, input) pairs, e.g. ({example}, ...)") from None
+            raise UserError(f"{name} must be {n} (op, input) pairs, e.g. ({example}, ...)") from None
         if len(pairs) != n:
-            raise ValueError(f"{name} has {len(pairs)} (op, input) pairs; a cell has {self.nodes} nodes of {k} "
-                             f"input{'s' if k > 1 else ''}: {n} pairs")
+            raise UserError(f"{name} has {len(pairs)} (op, input) pairs; a cell has {self.nodes} nodes of {k} "
+                            f"input{'s' if k > 1 else ''}: {n} pairs")
         for index, (op, source) in enumerate(pairs):
             node = index // k
             if op not in self.cell_ops:
-                raise ValueError(f"{name} pair {index}: unknown op {op!r}; use one of {', '.join(self.cell_ops)}")
+                raise UserError(f"{name} pair {index}: unknown op {op!r}; use one of {', '.join(self.cell_ops)}")
             if not isinstance(source, int) or isinstance(source, bool) or not 0 <= source < node + self.inputs:
-                raise ValueError(f"{name} pair {index}: node {node} reads input {source!r}; it may read "
-                                 f"0..{node + self.inputs - 1}")
+                raise UserError(f"{name} pair {index}: node {node} reads input {source!r}; it may read "
+                                f"0..{node + self.inputs - 1}")
         for node in range(self.nodes):
             sources = [s for _, s in pairs[k * node:k * (node + 1)]]
             if len(set(sources)) < k:
-                raise ValueError(f"{name}: node {node} reads input {sources[0]} twice; its inputs must differ")
+                raise UserError(f"{name}: node {node} reads input {sources[0]} twice; its inputs must differ")
         return self.canonical(pairs)
 
 
@@ -163,12 +164,12 @@ def cell_graph(layout: CellLayout, genotype: Genotype) -> nx.DiGraph:
 
 
 def validate_cell(graph: nx.DiGraph) -> None:
-    """Raises ValueError unless the cell is acyclic and every node reaches the output."""
+    """Raises UserError unless the cell is acyclic and every node reaches the output."""
     if not nx.is_directed_acyclic_graph(graph):
-        raise ValueError("the cell has a cycle")
+        raise UserError("the cell has a cycle")
     stranded = [n for n in graph if n != OUTPUT and not nx.has_path(graph, n, OUTPUT)]
     if stranded:
-        raise ValueError(f"cell nodes {', '.join(stranded)} do not reach the output")
+        raise UserError(f"cell nodes {', '.join(stranded)} do not reach the output")
 
 
 def draw_cells(layout: CellLayout, genotypes: Mapping[str, Genotype], out: Path, *, note: str) -> list[Path]:
