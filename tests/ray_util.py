@@ -24,8 +24,9 @@ def cli(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 
                           timeout=timeout)
 
 
-def only_run(out: Path) -> Path:
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
+def only_run(out: Path, *, prefix: str = "") -> Path:
+    """The one run folder in `out` whose name starts with `prefix`."""
+    (run,) = [p for p in out.iterdir() if p.is_dir() and p.name.startswith(prefix)]
     return run
 
 
