@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .arch import Arch
 from .errors import UserError
+from .oneshot import contract
 
 if TYPE_CHECKING:
     from .constraints import Constraint
@@ -242,6 +243,7 @@ class OneShotStrategy(Strategy):
     """
 
     one_shot: ClassVar[bool] = True
+    space_contract: ClassVar[type] = contract.OneShotSpace  # the protocol a space must implement for it
 
     def __init__(self, space: SearchSpace, **common: Any):
         if common.get("initial"):
@@ -253,10 +255,7 @@ class OneShotStrategy(Strategy):
 
     @classmethod
     def check_space(cls, space: SearchSpace) -> None:
-        if not hasattr(space, "supernet"):
-            raise ValueError(f"space {space.name!r} has no weight-sharing supernet, which strategy {cls.name!r} "
-                             f"trains; use a multi-trial strategy (random, evolution, local, bayesian) or a space "
-                             f"with one (binary-cells)")
+        contract.check_space(space, strategy=cls.name, needs=cls.space_contract)
 
     @abstractmethod
     def search(self, session: Any) -> Arch:

@@ -37,6 +37,7 @@ from torch import nn
 
 from nasplat.arch import Arch
 from nasplat.cost import count_costs
+from nasplat.errors import UserError
 from nasplat.registry import register_space
 from nasplat.space import Choice, SearchSpace, Target
 from nasplat.tasks.detection import Detector
@@ -101,7 +102,7 @@ def make_op(op: str, c_in: int, c_out: int, stride: int) -> nn.Module:
         k, d = int(match[1]), int(match[2])
         layers = [*_conv_bn(c_in, c_in, k, stride=stride, dilation=d, groups=c_in), *_conv_bn(c_in, c_out, 1, act=False)]
         return Block(layers, residual=same)
-    raise ValueError(f"unknown hitdet op {op!r}; the ops are {', '.join(OPS)}")
+    raise UserError(f"unknown hitdet op {op!r}; the ops are {', '.join(OPS)}")
 
 
 # -- the detector's layout ------------------------------------------------------------------------------------
@@ -320,17 +321,18 @@ class HitDet(SearchSpace):
     """
 
     default_task = "detection"
+    component_ops = COMPONENT_OPS  # what strategies/hitdet.py screens (its DetectorSpace protocol)
 
     def __init__(self, *, stem: int = 16, stages: str | Sequence[Sequence[int]] = "24:2,40:2,80:2,112:2",
                  neck: int = 96, head_layers: int = 2, resolution: int = 512, classes: int = 5):
         parsed = _parse_stages(stages)
         if len(parsed) < LEVELS:
-            raise ValueError(f"stages={stages!r}: the neck reads the last {LEVELS} stages; give at least {LEVELS}")
+            raise UserError(f"stages={stages!r}: the neck reads the last {LEVELS} stages; give at least {LEVELS}")
         if resolution % 2 ** (len(parsed) + 1):
-            raise ValueError(f"resolution={resolution} must be a multiple of {2 ** (len(parsed) + 1)}, the "
-                             f"coarsest stride of {len(parsed)} stages")
+            raise UserError(f"resolution={resolution} must be a multiple of {2 ** (len(parsed) + 1)}, the "
+                            f"coarsest stride of {len(parsed)} stages")
         if min(stem, neck, head_layers, classes) < 1:
-            raise ValueError("stem, neck, head_layers and classes must be at least 1")
+            raise UserError("stem, neck, head_layers and classes must be at least 1")
         super().__init__(stem=stem, stages=stages, neck=neck, head_layers=head_layers, resolution=resolution,
                          classes=classes)
         self.plan = Plan(stem, parsed, neck, head_layers, resolution)
@@ -368,16 +370,19 @@ class HitDet(SearchSpace):
         the cell supernets (partial channels, edge normalisation) do not apply and are ignored."""
         return Supernet(self, candidates or {s: COMPONENT_OPS[component_of(s)] for s in self.plan.slots})
 
+    def component_slots(self, component: str) -> tuple[str, ...]:
+        return self.plan.component(component)
+
     def candidates(self, ops: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
         """Per slot, the ops of its component in `ops` (component -> ops); a component not in `ops` is fixed at
         the FPN baseline's op."""
         for component, chosen in ops.items():
             if component not in COMPONENTS:
-                raise ValueError(f"unknown hitdet component {component!r}; use {', '.join(COMPONENTS)}")
+                raise UserError(f"unknown hitdet component {component!r}; use {', '.join(COMPONENTS)}")
             unknown = sorted(set(chosen) - set(COMPONENT_OPS[component]))
             if unknown or not chosen:
-                raise ValueError(f"{component} ops {', '.join(unknown) or '(none)'}: choose among "
-                                 f"{', '.join(COMPONENT_OPS[component])}")
+                raise UserError(f"{component} ops {', '.join(unknown) or '(none)'}: choose among "
+                                f"{', '.join(COMPONENT_OPS[component])}")
         fixed = self.fpn()
         return {s: tuple(ops[component_of(s)]) if component_of(s) in ops else (fixed[s],) for s in self.plan.slots}
 
@@ -431,6 +436,6 @@ def _parse_stages(stages: str | Sequence[Sequence[int]]) -> tuple[tuple[int, int
         if not parsed or any(len(p) != 2 or min(p) < 1 for p in parsed):
             raise ValueError
     except (TypeError, ValueError):
-        raise ValueError(f"stages={stages!r} is not a list of channels:blocks pairs (e.g. 24:2,32:2,64:2,96:2)") \
+        raise UserError(f"stages={stages!r} is not a list of channels:blocks pairs (e.g. 24:2,32:2,64:2,96:2)") \
             from None
     return parsed

@@ -18,38 +18,26 @@ then keeps its strongest edges (the space's `derive`). What differs is how paths
 from __future__ import annotations
 
 import copy
-import inspect
-import itertools
 import math
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from nasplat.arch import Arch
 from nasplat.constraints import limit_of
+from nasplat.errors import UserError
 from nasplat.oneshot.architect import Architect
+from nasplat.oneshot.contract import CellSpace
 from nasplat.oneshot.bandits import AntiBanditScorer, IndicatorScorer, LCBSampler, LessPotentialSampler, UCBScorer
 from nasplat.oneshot.reduction import ReductionEngine, UniformWithoutReplacement
+from nasplat.oneshot.single_path import PathModel, endless_batches
 from nasplat.registry import register_strategy
-from nasplat.strategies.reduction import PathModel
 from nasplat.strategy import OneShotStrategy
 
 Path = dict[str, tuple[int, ...]]
-
-
-def check_supernet(supernet: Any, *, strategy: str, needs: tuple[str, ...] = ()) -> None:
-    """Raises ValueError naming what a supernet lacks for single-path sampling (`needs`: more methods)."""
-    missing = [name for name in ("alphas", "ops", "weight_parameters", *needs) if not hasattr(supernet, name)]
-    forward = getattr(supernet, "forward", None)
-    if forward is None or "path" not in inspect.signature(forward).parameters:
-        missing.append("forward(x, path=...)")
-    if missing:
-        raise ValueError(f"strategy {strategy!r} samples single paths of a supernet with `alphas` (per cell type, "
-                         f"edges x ops), `ops` (their names), weight_parameters() and forward(x, path=...); "
-                         f"this space's supernet lacks {', '.join(missing)}")
 
 
 class _WarmUp:
@@ -106,24 +94,17 @@ class _BanditSearch(OneShotStrategy):
     the arms' scores after it and, when it ended a round, the op each edge abandoned with the scores it was
     judged on."""
 
-    needs: ClassVar[tuple[str, ...]] = ()  # supernet methods beyond those of single-path sampling
+    space_contract = CellSpace
     warmup_epochs: int = 0
 
     def __init__(self, space: Any, *, repeats: int = 1, train_steps: int = 20, batch_size: int = 64, lr: float = 1e-3,
                  partial_channels: int = 4, eval_limit: int | None = 500, max_skip: int | None = 2, **common: Any):
         super().__init__(space, **common)
         if repeats < 1 or train_steps < 1 or batch_size < 1:
-            raise ValueError(f"repeats, train_steps and batch_size must be at least 1, got {repeats}, {train_steps} "
-                             f"and {batch_size}")
+            raise UserError(f"repeats, train_steps and batch_size must be at least 1, got {repeats}, {train_steps} "
+                            f"and {batch_size}")
         self.repeats, self.train_steps, self.batch_size, self.lr = repeats, train_steps, batch_size, lr
         self.partial_channels, self.eval_limit, self.max_skip = partial_channels, eval_limit, max_skip
-
-    @classmethod
-    def check_space(cls, space: Any) -> None:
-        super().check_space(space)
-        if not callable(getattr(space, "derive", None)):
-            raise ValueError(f"space {space.name!r} cannot derive a genotype from per-edge op weights (it has no "
-                             f"derive()), which strategy {cls.name!r} needs")
 
     @abstractmethod
     def arms(self) -> tuple[Any, Any]:
@@ -152,7 +133,6 @@ class _BanditSearch(OneShotStrategy):
         task = session.task
         torch.manual_seed(self.seed)
         supernet = self.space.supernet(partial_channels=self.partial_channels).to(getattr(task, "device", "cpu"))
-        check_supernet(supernet, strategy=self.name, needs=self.needs)
         self.prepare(task)
         groups = {name: len(alpha) for name, alpha in supernet.alphas.items()}
         sampler, scorer = self.arms()
@@ -190,7 +170,8 @@ class _BanditSearch(OneShotStrategy):
             while (path := engine.ask()) is not None:
                 round_ = engine.round
                 model = PathModel(supernet, path)
-                batches = self._batches(task, size, self.seed * 7919 + stream * 104_729)
+                batches = endless_batches(task, size=size, batch_size=self.batch_size,
+                                          seed=self.seed * 7919 + stream * 104_729)
                 for _ in range(self.train_steps):
                     self.train_step(model, optimizer, task, *next(batches))
                 stream += 1  # the n-th path trains on the n-th data stream, resumed or not
@@ -224,26 +205,19 @@ class _BanditSearch(OneShotStrategy):
         return {g: [{engine.ops[op]: round(s, 4) if math.isfinite(s) else None for op, s in edge.items()}
                     for edge in edges] for g, edges in scores.items()}
 
-    def _batches(self, task: Any, size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Training batches without end, pass after pass, each pass shuffled by its own seed."""
-        for n in itertools.count():
-            yield from task.batches("train", input_size=size, batch_size=self.batch_size, seed=seed + n)
-
 
 @register_strategy("bnas")
 class BNAS(_BanditSearch):
     """BNAS: PC-DARTS warm-up, then abandon ops by UCB (journal version) or the performance-based indicator."""
 
-    needs = ("arch_parameters",)
-
     def __init__(self, space: Any, *, score: str = "ucb", warmup_epochs: int = 5, w_lr: float = 0.025,
                  arch_lr: float = 6e-4, **options: Any):
         super().__init__(space, **options)
         if score not in ("ucb", "indicator"):
-            raise ValueError(f"bnas scores ops by ucb (the journal version) or indicator (the conference version), "
-                             f"got score={score!r}")
+            raise UserError(f"bnas scores ops by ucb (the journal version) or indicator (the conference version), "
+                            f"got score={score!r}")
         if warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be at least 0, got {warmup_epochs}")
+            raise UserError(f"warmup_epochs must be at least 0, got {warmup_epochs}")
         self.scoring, self.warmup_epochs, self.w_lr, self.arch_lr = score, warmup_epochs, w_lr, arch_lr
 
     def arms(self) -> tuple[Any, Any]:
@@ -269,7 +243,7 @@ class ABandit(_BanditSearch):
                  **options: Any):
         super().__init__(space, repeats=repeats, **options)
         if adversarial not in ("none", "fgsm"):
-            raise ValueError(f"abandit trains sampled paths on adversarial=fgsm or none examples, got {adversarial!r}")
+            raise UserError(f"abandit trains sampled paths on adversarial=fgsm or none examples, got {adversarial!r}")
         self.momentum, self.adversarial = momentum, adversarial
         self._attacker: Any = None
         self._size = 0
@@ -285,9 +259,9 @@ class ABandit(_BanditSearch):
         if self.adversarial == "none":
             return
         if not callable(getattr(task, "adversarial_batch", None)):
-            raise ValueError(f"abandit's adversarial={self.adversarial} needs a task that makes adversarial batches "
-                             f"(classification, with nasplat.tasks.adversarial); give --strategy-option "
-                             f"adversarial=none to train on clean ones")
+            raise UserError(f"abandit's adversarial={self.adversarial} needs a task that makes adversarial batches "
+                            f"(classification, with nasplat.tasks.adversarial); give --strategy-option "
+                            f"adversarial=none to train on clean ones")
         self._attacker = copy.copy(task)
         self._attacker.adversarial = self.adversarial
         self._size = task.input_size(1.0)

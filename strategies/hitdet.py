@@ -22,23 +22,47 @@ Every epoch of every stage is checkpointed: a killed search resumes in the stage
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 
 from nasplat.arch import Arch
 from nasplat.constraints import limit_of
+from nasplat.errors import UserError
+from nasplat.oneshot.bilevel import BilevelSearch
+from nasplat.oneshot.contract import OneShotSpace
 from nasplat.registry import register_strategy
-from nasplat.search_spaces.hitdet import COMPONENT_OPS, COMPONENTS
 
-from .differentiable import DARTS
-
+COMPONENTS = ("backbone", "neck", "head")  # the trinity of the keep_* options; a DetectorSpace's component_ops
 KEEP = {"backbone": 8, "neck": 8, "head": 6}  # the released sub-spaces' sizes (methods.md §4.2)
 
 
+class DetectorSpace(OneShotSpace, Protocol):
+    """A detector whose backbone, neck and head are searched slot by slot (the hitdet space)."""
+
+    component_ops: Mapping[str, Sequence[str]]  # per component, the ops its slots choose from
+
+    def component_slots(self, component: str) -> tuple[str, ...]:
+        """The slots of a component, asked when the kept ops are widened to meet a MAC limit."""
+
+    def candidates(self, ops: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+        """Per slot, the ops of its component in `ops` (the other components fixed at the FPN baseline): what
+        `supernet(candidates=)` and `smallest(candidates=)` take, at each stage."""
+
+    @property
+    def op_costs(self) -> Mapping[str, Any]:
+        """Per slot, op -> MACs at the target (and "fixed": what no choice changes)."""
+
+    def smallest(self, *, candidates: Mapping[str, Sequence[str]] | None = None) -> Arch:
+        """The cheapest detector over `candidates`: whether the screened ops can meet a MAC limit at all."""
+
+    def cost(self, arch: Arch) -> float:
+        """The MACs of a detector."""
+
+
 @register_strategy("hitdet")
-class HitDetector(DARTS):
+class HitDetector(BilevelSearch):
     """Screening of per-component sub-spaces, then a joint differentiable search with a cost term.
 
     Options: `components` ("backbone,neck,head", or a subset: the others stay fixed at FPN), `screen_epochs`
@@ -46,6 +70,8 @@ class HitDetector(DARTS):
     (ops kept per component), `gamma` (the cost term's weight), and DARTS's (`search_epochs` for the joint
     stage, `warmup_epochs` of both stages, learning rates, `batch_size`, `eval_limit`).
     """
+
+    space_contract = DetectorSpace
 
     def __init__(self, space: Any, *, components: str = ",".join(COMPONENTS), screen_epochs: int = 4,
                  sparsity: float = 0.05, keep_backbone: int = KEEP["backbone"], keep_neck: int = KEEP["neck"],
@@ -57,26 +83,20 @@ class HitDetector(DARTS):
             else tuple(components)
         unknown = sorted(set(chosen) - set(COMPONENTS))
         if unknown or not chosen:
-            raise ValueError(f"components={components!r}: choose one or more of {', '.join(COMPONENTS)}")
+            raise UserError(f"components={components!r}: choose one or more of {', '.join(COMPONENTS)}")
         self.components = tuple(c for c in COMPONENTS if c in chosen)
         keep = {"backbone": keep_backbone, "neck": keep_neck, "head": keep_head}
         for component, k in keep.items():
-            if not 1 <= k <= len(COMPONENT_OPS[component]):
-                raise ValueError(f"keep_{component}={k}: keep between 1 and {len(COMPONENT_OPS[component])} ops")
+            if not 1 <= k <= len(space.component_ops[component]):
+                raise UserError(f"keep_{component}={k}: keep between 1 and {len(space.component_ops[component])} ops")
         if screen_epochs < 1 or sparsity < 0 or gamma < 0:
-            raise ValueError(f"screen_epochs must be at least 1 and sparsity, gamma non-negative; got "
-                             f"{screen_epochs}, {sparsity}, {gamma}")
+            raise UserError(f"screen_epochs must be at least 1 and sparsity, gamma non-negative; got "
+                            f"{screen_epochs}, {sparsity}, {gamma}")
         self.keep = keep
         self.screen_epochs = screen_epochs
         self.sparsity = sparsity
         self.gamma = gamma
         self.warmup_epochs = min(self.warmup_epochs, screen_epochs - 1, search_epochs - 1)
-
-    @classmethod
-    def check_space(cls, space: Any) -> None:
-        if not hasattr(space, "candidates") or not hasattr(space, "fpn"):
-            raise ValueError(f"strategy 'hitdet' screens and searches a detector's backbone, neck and head; space "
-                             f"{space.name!r} has none: use --space hitdet (or pc-darts on {space.name})")
 
     def search(self, session: Any) -> Arch:
         state = session.load() or {}
@@ -85,7 +105,8 @@ class HitDetector(DARTS):
             if component in screened:
                 continue
             torch.manual_seed(self.seed + index)
-            supernet = self.space.supernet(candidates=self.space.candidates({component: COMPONENT_OPS[component]}))
+            ops = self.space.component_ops[component]
+            supernet = self.space.supernet(candidates=self.space.candidates({component: ops}))
             stage = f"screen {component}"
             self.train_supernet(session, supernet, epochs=self.screen_epochs, warmup=self.warmup_epochs,
                                 penalty=lambda net=supernet, c=component: self.sparsity * torch.stack(
@@ -130,8 +151,8 @@ class HitDetector(DARTS):
         costs = self.space.op_costs
         widened = {}
         for component, ops in screened.items():
-            slots = self.space.plan.component(component)
-            cheapest = min(COMPONENT_OPS[component], key=lambda op: sum(costs[s][op] for s in slots))
+            slots = self.space.component_slots(component)
+            cheapest = min(self.space.component_ops[component], key=lambda op: sum(costs[s][op] for s in slots))
             widened[component] = ops if cheapest in ops else [*ops, cheapest]
         session.log(f"the kept ops cannot meet {limit / 1e6:.1f}M MACs: added each component's cheapest op ("
                     + ", ".join(f"{c}: {ops[-1]}" for c, ops in widened.items() if ops != screened[c]) + ")")

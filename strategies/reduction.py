@@ -9,8 +9,6 @@ is left; a node then keeps the two edges whose operations scored best over the s
 """
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -18,34 +16,15 @@ from torch import nn
 
 from nasplat.arch import Arch
 from nasplat.constraints import limit_of
+from nasplat.errors import UserError
+from nasplat.oneshot.contract import CellSpace
 from nasplat.oneshot.cp_loss import CenterLoss, kernel_loss
 from nasplat.oneshot.reduction import ReductionEngine, SoftmaxMeanScorer, UniformWithoutReplacement, cp_indicator
+from nasplat.oneshot.single_path import PathModel, endless_batches
 from nasplat.registry import register_strategy
 from nasplat.strategy import OneShotStrategy
 
 Path = dict[str, tuple[int, ...]]
-
-
-class PathModel(nn.Module):
-    """One single-path sub-network of a supernet, as a plain module (for the task's evaluate()).
-
-    Batch norm keeps using batch statistics in eval mode: the supernet's running statistics mix every path
-    it trained, which misjudges any one of them (the usual practice of single-path NAS)."""
-
-    def __init__(self, supernet: nn.Module, path: Mapping[str, tuple[int, ...]]):
-        super().__init__()
-        self.supernet = supernet
-        self.path = dict(path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.supernet(x, path=self.path)
-
-    def train(self, mode: bool = True) -> PathModel:
-        super().train(mode)
-        for module in self.supernet.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.train(True)
-        return self
 
 
 class Features:
@@ -67,13 +46,15 @@ class Features:
 class CPNAS(OneShotStrategy):
     """CP-NAS: binarized Child and full-precision Parent of each sampled path; abandon ops by z = b(A_P-A_C)+A_C."""
 
+    space_contract = CellSpace
+
     def __init__(self, space: Any, *, repeats: int = 1, train_steps: int = 20, warmup_steps: int = 100,
                  batch_size: int = 64, lr: float = 1e-3, beta: float = 1.0, kernel_weight: float = 1e-2,
                  center_weight: float = 1e-3, partial_channels: int = 4, eval_limit: int | None = 500,
                  max_skip: int | None = 2, **common: Any):
         super().__init__(space, **common)
         if repeats < 1 or train_steps < 1 or warmup_steps < 0:
-            raise ValueError("repeats and train_steps must be at least 1, warmup_steps at least 0")
+            raise UserError("repeats and train_steps must be at least 1, warmup_steps at least 0")
         self.repeats, self.train_steps, self.warmup_steps = repeats, train_steps, warmup_steps
         self.batch_size, self.lr, self.beta = batch_size, lr, beta
         self.kernel_weight, self.center_weight = kernel_weight, center_weight
@@ -83,12 +64,12 @@ class CPNAS(OneShotStrategy):
     def check_space(cls, space: Any) -> None:
         super().check_space(space)
         if "binarize" not in space.options:
-            raise ValueError(f"cp-nas trains a binarized Child against a full-precision Parent, and space "
-                             f"{space.name!r} has no binarization: search binary-cells, or use another one-shot "
-                             f"strategy here (pc-darts searches every space with a supernet)")
+            raise UserError(f"cp-nas trains a binarized Child against a full-precision Parent, and space "
+                            f"{space.name!r} has no binarization: search binary-cells, or use another one-shot "
+                            f"strategy here (pc-darts searches every space with a supernet)")
         if space.options["binarize"] == "none":
-            raise ValueError("cp-nas trains a binarized Child against a full-precision Parent: give the space a "
-                             "binarization (--space-option binarize=both, or weights)")
+            raise UserError("cp-nas trains a binarized Child against a full-precision Parent: give the space a "
+                            "binarization (--space-option binarize=both, or weights)")
 
     def search(self, session: Any) -> Arch:
         task = session.task
@@ -125,7 +106,7 @@ class CPNAS(OneShotStrategy):
             nonlocal stream
             seed = self.seed * 7919 + stream * 104_729
             rng = torch.Generator().manual_seed(seed)
-            batches = self._batches(task, size, seed)
+            batches = endless_batches(task, size=size, batch_size=self.batch_size, seed=seed)
             for _ in range(steps):
                 x, y = next(batches)
                 sampled = path or {g: tuple(int(i) for i in torch.randint(len(child.ops), (n,), generator=rng))
@@ -180,11 +161,6 @@ class CPNAS(OneShotStrategy):
         """Sampled paths of the whole search: repeats x (K + (K-1) + ... + 2) with K ops per edge."""
         k = len(engine.ops)
         return self.repeats * sum(range(2, k + 1))
-
-    def _batches(self, task: Any, size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Training batches without end, pass after pass, each pass shuffled by its own seed."""
-        for n in itertools.count():
-            yield from task.batches("train", input_size=size, batch_size=self.batch_size, seed=seed + n)
 
     def train_step(self, child: nn.Module, parent: nn.Module, optimizers: list[torch.optim.Optimizer],
               center: CenterLoss, features: Features, task: Any, path: Path, x: torch.Tensor,

@@ -18,11 +18,10 @@ from nasplat.cli import main
 from nasplat.export import read_bundle
 from nasplat.oneshot.bandits import AntiBanditScorer, IndicatorScorer, LCBSampler, LessPotentialSampler, UCBScorer
 from nasplat.oneshot.reduction import ReductionEngine, UniformWithoutReplacement
+from nasplat.oneshot.single_path import PathModel
 from nasplat.registry import SPACES, STRATEGIES, TASKS
 from nasplat.report import abandoned_by_round, write_report
 from nasplat.run import read_journal
-from nasplat.strategies.bandit import check_supernet
-from nasplat.strategies.reduction import PathModel
 
 CLI = [sys.executable, "-m", "nasplat.cli"]
 TASK = {"limit_train": 64, "limit_val": 32, "batch_size": 16}
@@ -166,18 +165,6 @@ def test_state_round_trips_through_json_and_resumes_exactly(kind):
     assert resumed.history == whole.history and resumed.done
 
 
-def test_a_supernet_without_alphas_or_paths_is_named_in_the_error():
-    class Bare(torch.nn.Module):
-        ops = ("a", "b")
-
-        def forward(self, x):
-            return x
-
-    missing = r"lacks alphas, weight_parameters, arch_parameters, forward\(x, path=\.\.\.\)"
-    with pytest.raises(ValueError, match=missing):
-        check_supernet(Bare(), strategy="bnas", needs=("arch_parameters",))
-
-
 def test_the_reduction_plot_reads_cp_nas_style_journals(tmp_path):
     events = [{"event": "supernet", "step": 1, "round": 1, "abandoned": [
         {"round": 1, "group": "normal", "edge": e, "op": "b", "score": 0.1, "scores": {"a": 0.5, "b": 0.1, "c": None}}
@@ -307,5 +294,5 @@ def test_kill_9_mid_search_resumes_to_the_same_journal_and_genotype(tmp_path, tm
 def test_a_space_without_a_supernet_is_one_line_and_exit_2(tmp_path, capsys):
     assert _cli(["search", "tinynet", "--strategy", "abandit", "--out", str(tmp_path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "has no weight-sharing supernet" in lines[0], lines
+    assert len(lines) == 1 and "space 'tinynet' has no supernet(), derive(), op_costs()" in lines[0], lines
     assert not list(tmp_path.iterdir())

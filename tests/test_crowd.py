@@ -15,10 +15,10 @@ import torch
 from nasplat.arch import Arch
 from nasplat.cost import measure
 from nasplat.export import export_bundle
+from nasplat.oneshot.contract import PathSupernet, missing
 from nasplat.registry import SPACES
 from nasplat.retrain import retrain
 from nasplat.search_spaces.crowd import CELL_TYPES, OPS, PRIOR_DENSITY, Link, SuperCell
-from nasplat.strategies.bandit import check_supernet
 from nasplat.tasks.image_task import reinitialise
 
 TINY = {"channels": 8, "depth": 3}  # decoder cells at strides 8 and 4: two links of three candidates each
@@ -76,7 +76,7 @@ def test_supernet_weighs_every_edge_and_every_link_candidate(space):
         "encoder": (9, 9), "decoder": (9, 9), "link1": (3, 9), "link2": (3, 9)}
     assert all(len(c.edges) == 9 for c in net.modules() if isinstance(c, SuperCell) and c.layout.nodes == 3)
     assert [len(link.projections) for link in net.links] == [3, 3]
-    check_supernet(net, strategy="bnas", needs=("arch_parameters",))  # what the bandits check of a supernet
+    assert missing(net, PathSupernet) == []  # what the bandits sample paths of
     arch, weights = net.arch_parameters(), net.weight_parameters()
     assert len(arch) == 8  # alphas and betas of the two cell types and the two links
     assert {id(p) for p in arch}.isdisjoint(id(p) for p in weights)

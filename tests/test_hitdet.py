@@ -258,7 +258,7 @@ def test_backbone_only_search_keeps_the_fpn_neck_and_head(tmp_path, space):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["search", "binary-cells", "--strategy", "hitdet"], "use --space hitdet"),
+    (["search", "binary-cells", "--strategy", "hitdet"], "search hitdet with it"),
     (["search", "hitdet", "--strategy", "hitdet", "--strategy-option", "components=tail"], "components='tail'"),
     (["search", "hitdet", "--strategy", "hitdet", "--strategy-option", "keep_neck=0"], "keep_neck=0"),
     (["search", "hitdet", "--space-option", "stages=8:1"], "at least 3"),

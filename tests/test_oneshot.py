@@ -144,7 +144,7 @@ def test_kill_9_mid_search_resumes_to_the_same_genotype(tmp_path, tmp_path_facto
 
 
 @pytest.mark.parametrize("args, message", [
-    (["search", "tinynet", "--strategy", "darts"], "has no weight-sharing supernet"),
+    (["search", "tinynet", "--strategy", "darts"], "space 'tinynet' has no supernet()"),
     (["search", "binary-cells", "--strategy", "pc-darts", "--trials", "3"], "exactly one trial"),
     (["search", "binary-cells", "--strategy", "darts", "--runner", "ray"], "local runner"),
     (["search", "binary-cells", "--strategy", "darts", "--strategy-option", "nope=1"], "takes no option 'nope'"),
