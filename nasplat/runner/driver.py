@@ -68,6 +68,22 @@ def trial_line(trial: Trial, result: Result, comp: Components) -> str:
     return line
 
 
+def searched_seconds(events: list[dict[str, Any]]) -> float:
+    """How long a run's sessions have searched, for --timeout: from each start event to the last event of its
+    session (a kill -9 leaves no end event), counted since the last session that ended by the timeout (a resume
+    after the timeout gets a new one)."""
+    sessions: list[list[float]] = []
+    for event in events:
+        at = event.get("time")
+        if event.get("event") == "start" and at is not None:
+            sessions.append([at, at])
+        elif sessions and at is not None:
+            sessions[-1][1] = at
+        if event.get("event") == "end" and event.get("reason") == "timeout":
+            sessions.clear()
+    return sum(last - first for first, last in sessions)
+
+
 class Driver:
     """One search's bookkeeping on the driver. `start` is journaled with `record` (the runner's own facts,
     such as where its workers are)."""
@@ -84,6 +100,8 @@ class Driver:
             self.comp.costs.observe(result[1].metrics)
         self.pending: list[Trial] = []  # asked and not told, in the order asked
         self.reruns: list[Trial] = []  # pending trials of a killed run, not handed out again yet
+        # the --timeout clock goes on from where the killed or interrupted sessions left it
+        searched = searched_seconds(run.events()) if resume else 0.0
         if resume:
             self._resume()
         run.append({"event": "start", "resumed": resume, "pending": [t.id for t in self.pending],
@@ -96,7 +114,7 @@ class Driver:
         self.infeasible_limit = MAX_INFEASIBLE_PER_TRIAL * trials if trials else MAX_FREE_IN_A_ROW
         self.infeasible_streak = 0
         self.failures: list[tuple[Trial, Result]] = []  # the latest trials in a row that raised the same exception
-        self.started = time.time()
+        self.started = time.time() - searched
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
                                  transient=False)
