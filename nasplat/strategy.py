@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from traceback import format_exc
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .arch import Arch
@@ -70,6 +71,13 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @classmethod
+    def raised(cls, exc: Exception, metrics: Mapping[str, float] | None = None, *, during: str = "") -> Result:
+        """The failed Result of a trial that raised `exc` (call it while handling `exc`): "Type: message" as
+        the error, after `during`, and the traceback, which the driver's repeated-failure check and the
+        journal read."""
+        return cls("failed", dict(metrics or {}), f"{during}{type(exc).__name__}: {exc}", traceback=format_exc())
 
     def for_strategy(self) -> Result:
         """This result as a strategy may see it: without the held-out measurements, and a stopped trial as

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from traceback import format_exc
 from typing import TYPE_CHECKING
 
 from ..constraints import Constraint, violations
@@ -30,11 +29,6 @@ class Outcome:
     model: nn.Module | None  # the trained model of an ok trial, for the best bundle
 
 
-def _raised(exc: Exception, metrics: Mapping[str, float] | None = None, *, during: str = "") -> Result:
-    """The failed Result of a trial that raised `exc` (being handled): "Type: message", and its traceback."""
-    return Result("failed", dict(metrics or {}), f"{during}{type(exc).__name__}: {exc}", traceback=format_exc())
-
-
 def _costs(space: SearchSpace, arch: Arch, constraints: Sequence[Constraint],
            cost_model: CostModel) -> dict[str, float] | Result:
     """The costs known before training, or the Result of an Arch that cannot be measured or breaks a
@@ -44,7 +38,7 @@ def _costs(space: SearchSpace, arch: Arch, constraints: Sequence[Constraint],
     except LatencyError:
         raise  # the device cannot measure at all: an input error, not this trial's failure
     except Exception as exc:  # a space that cannot build this Arch: record it, keep searching
-        return _raised(exc, during="cost measurement: ")
+        return Result.raised(exc, during="cost measurement: ")
     broken = violations(constraints, costs)
     plan = cost_model.latency
     if plan is not None and plan.confirmed:  # the estimate is the table's, corrected: keep both apart
@@ -103,7 +97,7 @@ def evaluate(trial: Trial, *, space: SearchSpace, task: Task | TabularTask, cons
     except LatencyError:
         raise
     except Exception as exc:  # a bug of the space, the task or nasplat: this trial fails, the search goes on
-        return Outcome(_raised(exc), None)
+        return Outcome(Result.raised(exc), None)
 
 
 def _evaluate(trial: Trial, *, space: SearchSpace, task: Task | TabularTask, constraints: Sequence[Constraint],
@@ -120,7 +114,7 @@ def _evaluate(trial: Trial, *, space: SearchSpace, task: Task | TabularTask, con
         metrics = task.train_eval(model, input_size=input_size, epochs=epochs, seed=seed + trial.id,
                                   on_epoch=on_epoch)
     except Exception as exc:
-        return Outcome(_raised(exc, {**costs, "input_size": input_size}), None)
+        return Outcome(Result.raised(exc, {**costs, "input_size": input_size}), None)
     if not all(math.isfinite(float(v)) for v in metrics.values()):
         return Outcome(Result("failed", {**costs, **metrics}, "metrics are not finite (NaN or inf)"), None)
     metrics = {**costs, **metrics, "input_size": input_size}
