@@ -13,3 +13,8 @@ class UserError(ValueError):
 
     A subclass of ValueError, so that code catching ValueError around nasplat calls keeps working.
     """
+
+
+class LatencyError(UserError):
+    """A latency source that cannot answer here: a device or runtime that cannot measure, a table without the
+    architecture. Here, below the cost layer, because the strategies' free checks re-raise it."""

@@ -11,7 +11,7 @@ from traceback import format_exc
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .arch import Arch
-from .errors import UserError
+from .errors import LatencyError, UserError
 from .oneshot import contract
 
 if TYPE_CHECKING:
@@ -184,8 +184,6 @@ class Strategy(ABC):
         evolution and local search revisit neighbours, and a table's lookup is cheaper than a second model."""
         if not self.checks_free:
             return None
-        from .cost.latency import LatencyError
-
         try:
             arch = self._complete(params)
             key = arch.key()

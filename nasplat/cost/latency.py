@@ -33,17 +33,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import LatencyError
 
 if TYPE_CHECKING:
     from ..arch import Arch
     from ..space import SearchSpace
 
 RUNTIMES = ("torch", "onnxruntime")
-
-
-class LatencyError(UserError):
-    """A device or runtime that cannot measure here (one line for the CLI)."""
 
 
 @dataclass(frozen=True)
