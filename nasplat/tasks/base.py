@@ -1,13 +1,17 @@
 """Task bases: the proxy on which a candidate's accuracy is measured, by training it or from a table."""
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-from torch import nn
+from ..strategy import Result
+
+if TYPE_CHECKING:  # torch is heavy: a search answered from a table, and a Ray worker running it, never load it
+    import torch
+    from torch import nn
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -91,3 +95,20 @@ class TabularTask(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.name}
+
+
+def table_result(task: TabularTask, key: str, known: Mapping[str, float] | None = None) -> Result:
+    """The Result of looking `key` up: the signal as "accuracy" after the `known` metrics (costs measured
+    before), the reported columns held out. Failed, not raised, for a key the table lacks, a signal that is
+    not finite, or a query that raised (with its traceback, as a training that raised): the local runner and
+    a Ray worker, which is sent the key and no space, answer alike."""
+    found = dict(known or {})
+    try:
+        answer = task.query(key)
+    except (LookupError, ValueError) as exc:
+        return Result("failed", found, str(exc.args[0]) if exc.args else type(exc).__name__)
+    except Exception as exc:  # noqa: BLE001 - a bug of the task fails this trial; the driver judges repeats
+        return Result.raised(exc, found)
+    if not math.isfinite(answer.signal):
+        return Result("failed", found, "the table's signal is not finite (NaN or inf)", dict(answer.reported))
+    return Result("ok", {**found, "accuracy": answer.signal}, held_out=dict(answer.reported))
