@@ -29,7 +29,7 @@ from ..tasks.base import TabularTask
 from .components import Components, build_components
 from .driver import Driver, SearchOutcome
 from .ray_cluster import RaySession, environment, ray_session
-from .ray_trial import EPOCH, TrialJob, forget_roll_call, run_trial
+from .ray_trial import EPOCH, LookupJob, forget_roll_call, run_trial, search_job
 
 if TYPE_CHECKING:
     from ..tasks.base import Task
@@ -74,11 +74,12 @@ def run_search_ray(run: RunDir, *, resume: bool = False, console: Console | None
     comp = components or build_components(config, run)
     check_ray_options(config, comp.task)
     driver = Driver(run, resume=resume, console=console, components=comp, record=session.describe())
-    job = TrialJob(secrets.token_hex(8), comp.space, comp.task, tuple(config.constraints), comp.epochs,
-                   config.seed, comp.costs, comp.strategy.metric, max(1, int(config.cpus_per_trial)),
-                   min(session.workers, config.trials or session.workers))  # a worker no trial needs never signs in
+    job = search_job(secrets.token_hex(8), space=comp.space, task=comp.task, constraints=config.constraints,
+                     epochs=comp.epochs, seed=config.seed, costs=comp.costs, metric=comp.strategy.metric,
+                     threads=max(1, int(config.cpus_per_trial)),  # a worker no trial needs never signs in:
+                     workers=min(session.workers, config.trials or session.workers))
     events = TuneEvents(driver)
-    searcher = StrategySearcher(driver, events)
+    searcher = StrategySearcher(driver, events, lookups=isinstance(job, LookupJob))
     scheduler = ASHAScheduler(time_attr=EPOCH, metric=comp.strategy.metric, mode="max", max_t=comp.epochs) \
         if config.scheduler == "asha" else None
     trainable = tune.with_resources(tune.with_parameters(run_trial, job=job),

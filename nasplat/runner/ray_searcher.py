@@ -76,10 +76,11 @@ class StrategySearcher(Searcher):
     """A nasplat Strategy as Ray Tune's Searcher. `suggest` returns None (ask again later) while the trials
     in flight would fill the number asked for, and FINISHED once they are all in or the search must end."""
 
-    def __init__(self, driver: Driver, events: TuneEvents):
+    def __init__(self, driver: Driver, events: TuneEvents, *, lookups: bool = False):
         super().__init__()
         self.driver = driver
         self.events = events
+        self.lookups = lookups  # whether the trials run as a LookupJob's: each config then carries its table key
         self.live: dict[str, Trial] = {}  # Tune trial id -> the nasplat trial it runs
         self.reason = "done"
         self.crash: BaseException | None = None  # an error of the strategy or the journal: ends the search
@@ -104,7 +105,8 @@ class StrategySearcher(Searcher):
         trial = self.driver.take()
         self.driver.run.asked(trial)
         self.live[trial_id] = trial
-        return trial_config(trial, ship_above=self.driver.best_score())
+        key = self.driver.comp.space.describe(trial.arch) if self.lookups else None
+        return trial_config(trial, ship_above=self.driver.best_score(), key=key)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         trial = self.live.pop(trial_id, None)

@@ -1,9 +1,11 @@
 """One trial as a Ray Tune function trainable: the worker's side of the Ray runner.
 
-The trainable receives the search's fixed parts once (`TrialJob`, which tune.with_parameters puts in Ray's
+The trainable receives the search's fixed parts once (a job, which tune.with_parameters puts in Ray's
 object store) and the trial in its config, runs `evaluate` as the local runner does, reports each epoch to
 Tune (so that ASHA can stop it) and then the result. Reports carry JSON strings, which Tune passes on as
 they are (it would flatten nested dicts), and the trained weights only where the trial may become the best.
+A search answered from a table with nothing to measure first gets a `LookupJob` instead: the driver sends
+each trial's table key, and the worker imports no more than Tune and the task need (no torch).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..arch import Arch
 from ..strategy import Result, Trial
-from .trial import evaluate
+from ..tasks.base import TabularTask, table_result
 
 if TYPE_CHECKING:
     from torch import nn
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from ..constraints import Constraint
     from ..cost import CostModel
     from ..space import SearchSpace
-    from ..tasks.base import TabularTask, Task
+    from ..tasks.base import Task
 
 # keys of the reports, which Tune hands to the driver's searcher and callback
 EPOCH = "nasplat_epoch"  # the epoch a report closes; ASHA's time attribute
@@ -33,6 +35,10 @@ RESULT = "nasplat_result"  # the trial's Result (JSON); only the last report has
 WEIGHTS = "nasplat_weights"  # the trained state_dict (torch.save bytes) of a trial that may be the best
 ROLL_CALL_SECONDS = 30.0  # the longest a worker's first result waits for the other workers to start
 ROLL_CALL = "nasplat-roll-call"  # Ray's key-value namespace where each worker of a search signs in
+# how often a waiting worker counts the sign-ins: soon at first (two workers start within a second), then
+# every half second (64 workers polling every 20 ms kept the GCS and the cores busy while the others started)
+ROLL_CALL_FIRST_PAUSE = 0.01
+ROLL_CALL_LAST_PAUSE = 0.5
 
 
 @dataclass(frozen=True)
@@ -52,11 +58,34 @@ class TrialJob:
     workers: int  # trials at a time: the workers that sign in before the first results go back
 
 
-_JOBS: dict[str, TrialJob] = {}
+@dataclass(frozen=True)
+class LookupJob:
+    """What the trials of a search answered from a table share where nothing is measured before the lookup
+    (no constraint, no latency): the task alone. Each trial's config carries its table key, which the driver
+    computes (`space.describe`), so that a worker loads neither the space, whose module may import torch to
+    build networks, nor a cost model."""
+
+    key: str  # unique to the search, as TrialJob's
+    task: TabularTask
+    workers: int
+
+
+Job = TrialJob | LookupJob
+_JOBS: dict[str, Job] = {}
 _SIGNED: set[str] = set()  # keys of the searches this worker has signed in for
 
 
-def sign_in(job: TrialJob) -> bool:
+def search_job(key: str, *, space: SearchSpace, task: Task | TabularTask, constraints: Sequence[Constraint],
+               epochs: int, seed: int, costs: CostModel, metric: str, threads: int, workers: int) -> Job:
+    """The job of a search's trials: a LookupJob where each trial is a table lookup and nothing more."""
+    from .trial import needs_costs
+
+    if isinstance(task, TabularTask) and not needs_costs(constraints, costs):
+        return LookupJob(key, task, workers)
+    return TrialJob(key, space, task, tuple(constraints), epochs, seed, costs, metric, threads, workers)
+
+
+def sign_in(job: Job) -> bool:
     """Signs this worker in for the search when it starts its first trial of it (True then). Signing in is a
     key in Ray's key-value store (the one Tune keeps its trainables in), so it holds across a cluster's nodes."""
     from ray import get_runtime_context
@@ -69,7 +98,7 @@ def sign_in(job: TrialJob) -> bool:
     return True
 
 
-def wait_for_workers(job: TrialJob) -> None:
+def wait_for_workers(job: Job) -> None:
     """Holds a worker's first result until all `job.workers` have started a trial (ROLL_CALL_SECONDS at most).
     Tune gives a finished trial's actor to the next pending trial, cancelling the start of that trial's own
     actor: trials that finish before the other workers are up would all run on the first one, while Tune
@@ -77,8 +106,10 @@ def wait_for_workers(job: TrialJob) -> None:
     from ray.experimental.internal_kv import _internal_kv_list
 
     deadline = time.monotonic() + ROLL_CALL_SECONDS
+    pause = ROLL_CALL_FIRST_PAUSE
     while len(_internal_kv_list(f"{job.key}:", namespace=ROLL_CALL)) < job.workers and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(pause)
+        pause = min(2 * pause, ROLL_CALL_LAST_PAUSE)
 
 
 def forget_roll_call(key: str) -> None:
@@ -88,21 +119,39 @@ def forget_roll_call(key: str) -> None:
     _internal_kv_del(f"{key}:", del_by_prefix=True, namespace=ROLL_CALL)
 
 
-def trial_config(trial: Trial, *, ship_above: float | None) -> dict[str, Any]:
+def trial_config(trial: Trial, *, ship_above: float | None, key: str | None) -> dict[str, Any]:
     """A trial as Tune's config for it: the trainable ships the weights of an ok result scoring above
     `ship_above`, the best score when the trial was asked (None: always). A result at or below it cannot
-    become the best, since the best only rises; the others cost one state_dict in the result."""
+    become the best, since the best only rises; the others cost one state_dict in the result. `key` is the
+    table key of a LookupJob's trial (else None), which the worker answers without the Arch."""
+    if key is not None:
+        return {"trial": trial.id, "key": key}
     return {"trial": trial.id, "arch": trial.arch.to_json(), "ship_above": ship_above}
 
 
-def run_trial(config: Mapping[str, Any], job: TrialJob) -> None:
+def run_trial(config: Mapping[str, Any], job: Job) -> None:
     """The function trainable. The last epoch's report goes with the result rather than before it: one
     round trip fewer, and a scheduler that stops trials at their last epoch cannot cut the result off."""
     from ray import tune
-    import torch
 
     job = _JOBS.setdefault(job.key, job)
     first = sign_in(job)
+    if isinstance(job, LookupJob):
+        final = {RESULT: json.dumps(table_result(job.task, config["key"]).to_dict()), "done": True}
+    else:
+        final = _train(config, job)
+    if first:
+        wait_for_workers(job)
+    tune.report(final)
+
+
+def _train(config: Mapping[str, Any], job: TrialJob) -> dict[str, Any]:
+    """Evaluates a TrialJob's trial, reporting each epoch but the last, and returns the final report."""
+    import torch
+    from ray import tune
+
+    from .trial import evaluate
+
     torch.set_num_threads(job.threads)
     trial = Trial(int(config["trial"]), Arch.from_json(config["arch"]))
     last: dict[str, Any] = {}
@@ -122,9 +171,7 @@ def run_trial(config: Mapping[str, Any], job: TrialJob) -> None:
     result = outcome.result
     if outcome.model is not None and result.ok and (threshold is None or result.metrics[job.metric] > threshold):
         final[WEIGHTS] = _state_bytes(outcome.model)
-    if first:
-        wait_for_workers(job)
-    tune.report(final)
+    return final
 
 
 def _state_bytes(model: nn.Module) -> bytes:
