@@ -16,7 +16,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from nasplat.errors import UserError
 from nasplat.registry import register_strategy
@@ -33,15 +33,35 @@ STUDY_NAME = "nasplat"
 STORAGES = ("journal", "memory")
 JOURNAL_FILE = "optuna.journal"
 
-# name -> sampler for a seed. TPE is multivariate: NAS parameters interact (depth with width, kernel with
-# resolution). CMA-ES cannot search categorical parameters; TPE samples those for it, one at a time.
-SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
-    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
-    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(
+
+class DeclaredSpaceTPE(optuna.samplers.TPESampler):
+    """Multivariate TPE over the search space nasplat declares up front, with which every trial is asked.
+
+    TPESampler infers that space at each ask as the intersection of the finished trials' spaces, a cache of
+    which only a sampler kept from ask to ask has; BayesianSearch builds a new sampler at every ask, so the
+    inference went over the whole history each time, and at 1,000 trials took five times the sampling itself
+    (bench/RESULTS.md, "Ray at 64 workers"). Every finished trial has the declared space, so the intersection
+    is that space, known in advance: the proposals are the same (tests/test_bayesian.py)."""
+
+    def __init__(self, *, space: Mapping[str, BaseDistribution], **options: Any):
+        super().__init__(multivariate=True, **options)
+        # sorted by name, as Optuna's inference gives it: TPE samples in that order; single values it drops
+        self._declared = {name: d for name, d in sorted(space.items()) if not d.single()}
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return dict(self._declared)
+
+
+# name -> sampler for a seed and the declared space. TPE is multivariate: NAS parameters interact (depth with
+# width, kernel with resolution). CMA-ES cannot search categorical parameters; TPE samples those for it, one at a
+# time.
+SAMPLERS: dict[str, Callable[[int, Mapping[str, BaseDistribution]], BaseSampler]] = {
+    "tpe": lambda seed, space: DeclaredSpaceTPE(seed=seed, space=space),
+    "gp": lambda seed, space: optuna.samplers.GPSampler(seed=seed),
+    "cmaes": lambda seed, space: optuna.samplers.CmaEsSampler(
         seed=seed, independent_sampler=optuna.samplers.TPESampler(seed=seed), warn_independent_sampling=False),
-    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "nsga2": lambda seed, space: optuna.samplers.NSGAIISampler(seed=seed),
+    "random": lambda seed, space: optuna.samplers.RandomSampler(seed=seed),
 }
 
 _SINGLE_OBJECTIVE = {"cmaes"}
@@ -68,7 +88,8 @@ def _distribution(param: Param) -> BaseDistribution:
 @register_strategy("bayesian")
 class BayesianSearch(Strategy):
     """Model-based search on an Optuna study; `sampler` is one of tpe, gp, cmaes, nsga2, random; `storage`
-    journal (the study in the run directory) or memory.
+    journal (the study in the run directory) or memory; `history` (with storage=memory) the number of latest
+    finished trials the sampler keeps learning from, 0 for all of them (see `_roll`).
 
     The searched parameters are declared to Optuna up front (`study.ask(fixed_distributions)`), as CMA-ES
     and the GP need a fixed space. `initial` points are enqueued and asked first; one may fix only some
@@ -83,12 +104,18 @@ class BayesianSearch(Strategy):
 
     multi_objective = True
 
-    def __init__(self, space: SearchSpace, *, sampler: str = "tpe", storage: str = "journal", **common: Any):
+    def __init__(self, space: SearchSpace, *, sampler: str = "tpe", storage: str = "journal", history: int = 0,
+                 **common: Any):
         if sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
         if storage not in STORAGES:
             raise UserError(f"unknown storage {storage!r}; use journal (the study in the run directory, for "
                             f"--resume and optuna-dashboard) or memory (faster; a killed search starts over)")
+        whole = isinstance(history, int) and not isinstance(history, bool) and history >= 0
+        if not whole or (history and storage != "memory"):
+            raise UserError(f"history={history!r}: give a whole number of trials (0: all), with storage=memory (the "
+                            "study is then rebuilt as it rolls on, and the journal keeps one study per run)")
+        self.history = history
         super().__init__(space, **common)
         if len(self.objectives) > 1 and sampler in _SINGLE_OBJECTIVE:
             raise UserError(f"sampler {sampler!r} optimises one objective; for --objective "
@@ -107,14 +134,16 @@ class BayesianSearch(Strategy):
         else:
             Path(workdir).mkdir(parents=True, exist_ok=True)
             self._storage = optuna.storages.JournalStorage(JournalFileBackend(str(Path(workdir) / JOURNAL_FILE)))
-        self.study = optuna.create_study(storage=self._storage, sampler=SAMPLERS[sampler](self.seed),
-                                         study_name=STUDY_NAME, load_if_exists=True,
+        self.study = optuna.create_study(storage=self._storage, study_name=STUDY_NAME, load_if_exists=True,
+                                         sampler=SAMPLERS[sampler](self.seed, self._distributions),
                                          directions=["maximize" if OBJECTIVES[o] else "minimize"
                                                      for o in self.objectives])
         self._study_id = self._storage.get_study_id_from_name(STUDY_NAME)
         self._numbers: dict[int, int] = {}  # nasplat trial id -> Optuna trial number, for trials in flight
 
     def ask(self) -> Trial:
+        if self.history and len(self.study.get_trials(deepcopy=False)) - len(self._numbers) >= 2 * self.history:
+            self._roll()
         if self.initial:
             point = self.initial.pop(0)
             self.study.enqueue_trial({name: _label(value) if isinstance(self._params[name], Choice) else value
@@ -122,7 +151,7 @@ class BayesianSearch(Strategy):
         proposed: list[optuna.trial.Trial] = []  # the Optuna trial behind the latest proposal
 
         def propose() -> dict[str, Any]:
-            self.study.sampler = SAMPLERS[self.sampler_name](self.rng.getrandbits(32))
+            self.study.sampler = SAMPLERS[self.sampler_name](self.rng.getrandbits(32), self._distributions)
             proposed[:] = [self.study.ask(self._distributions)]
             return {name: self._decode(name, value) for name, value in proposed[0].params.items()}
 
@@ -133,6 +162,24 @@ class BayesianSearch(Strategy):
         asked.set_user_attr("arch", trial.arch.to_json())
         self._numbers[trial.id] = asked.number
         return trial
+
+    def _roll(self) -> None:
+        """Starts the study again with its `history` latest finished trials and the trials in flight (running,
+        as constant_liar counts them). A sampler's ask grows with the trials it learns from, TPE's by about 10 ms
+        per 1,000 of them (bench/RESULTS.md, "Ray at 64 workers"): rolled at 2 x `history` finished trials, the
+        study holds at most that many plus the trials in flight."""
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        finished = [t for t in trials.values() if t.state.is_finished()]
+        self._storage = optuna.storages.InMemoryStorage()
+        self.study = optuna.create_study(storage=self._storage, study_name=STUDY_NAME, sampler=self.study.sampler,
+                                         directions=self.study.directions)
+        self._study_id = self._storage.get_study_id_from_name(STUDY_NAME)
+        kept = finished[-self.history:]
+        self.study.add_trials(kept)
+        for place, (trial_id, number) in enumerate(sorted(self._numbers.items(), key=lambda item: item[1]),
+                                                   start=len(kept)):
+            self._numbers[trial_id] = place
+            self.study.add_trial(trials[number])
 
     def _reject(self, asked: optuna.trial.Trial, violations: Mapping[str, float]) -> None:
         """Tells Optuna a proposal that a free check found infeasible, as `tell` tells an infeasible trial

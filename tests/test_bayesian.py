@@ -221,3 +221,43 @@ def test_optuna_dashboard_opens_the_journal(tmp_path: Path) -> None:
     trials = get(f"/api/studies/{summary['study_id']}")["trials"]
     assert [t["state"] for t in trials] == ["Complete"] * 4
     assert {a["key"] for a in trials[0]["user_attrs"]} == {"nasplat_trial", "arch", "result"}
+
+
+def test_tpe_on_the_declared_space_proposes_what_optunas_inference_would() -> None:
+    """DeclaredSpaceTPE skips Optuna's inference of the search space from the history, whose cost grew with it;
+    the proposals, infeasible and failed trials among the history, are the same."""
+    import optuna
+
+    def results(arch: Arch) -> Result:
+        return Result("failed", {}, "boom") if arch["n"] == 4 else constrained(arch)
+
+    inferred = {"tpe": lambda seed, space: optuna.samplers.TPESampler(seed=seed, multivariate=True)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(SAMPLERS, "tpe", inferred["tpe"])
+        expected = drive(BayesianSearch(Toy(), seed=5, constraints=[LIMIT]), 30, results)
+    assert drive(BayesianSearch(Toy(), seed=5, constraints=[LIMIT]), 30, results) == expected
+
+
+def test_history_bounds_the_study_and_keeps_the_trials_in_flight() -> None:
+    strategy = BayesianSearch(Toy(), seed=1, storage="memory", history=6)
+    in_flight = [strategy.ask() for _ in range(3)]
+    sizes, told = [], 0
+    for _ in range(40):
+        trial = in_flight.pop(0)
+        strategy.tell(trial, ok(trial.arch))
+        told += 1
+        in_flight.append(strategy.ask())
+        sizes.append(len(strategy.study.get_trials(deepcopy=False)))
+    assert max(sizes) <= 2 * 6 + 3 < told  # rolled over, never past 2 x history finished plus those in flight
+    running = strategy.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert sorted(t.user_attrs["nasplat_trial"] for t in running) == [t.id for t in in_flight]
+    for trial in in_flight:  # told where they are now
+        strategy.tell(trial, ok(trial.arch))
+    assert not strategy.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+@pytest.mark.parametrize("options", [{"history": 5}, {"storage": "memory", "history": -1},
+                                     {"storage": "memory", "history": "all"}])
+def test_history_needs_a_count_and_the_memory_storage(tmp_path: Path, options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="history="):
+        BayesianSearch(Toy(), workdir=tmp_path, **options)
