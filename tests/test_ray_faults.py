@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -60,7 +59,11 @@ def test_a_node_lost_mid_search_has_its_trials_retried_and_the_joined_cluster_go
     from ray.cluster_utils import Cluster
 
     monkeypatch.setenv("TOY_SLEEP", "1")  # the nodes' workers inherit it: 2 epochs of 1 s a trial
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # the head marks a node dead after 3 failed health checks 1 s apart, not Ray's 5 x 3 s: the retried
+    # trials wait that long for their node's resources to be given up
+    checks = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                            "_system_config": checks})
     try:
         workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
         proc = subprocess.Popen([*CLI, "search", "toy", "--strategy", "random", "--trials", "6", "--ray-address",
@@ -70,9 +73,11 @@ def test_a_node_lost_mid_search_has_its_trials_retried_and_the_joined_cluster_go
             def busy() -> list:
                 return [n for n in workers if any("ImplicitFunc" in cmd for _, cmd in descendants(_raylet(n)))]
 
-            wait_for(busy, seconds=120, what="a trial on a worker node")
+            # each node's first trial has reported its first epoch (so each worker has signed in for the
+            # search: see ray_trial.wait_for_workers), and a worker node runs a trial
+            wait_for(lambda: any(tmp_path.iterdir()) and len(events(only_run(tmp_path), "epoch")) >= 3 and busy(),
+                     seconds=120, what="three trials into their first epoch")
             (victim, *_) = busy()
-            time.sleep(1.0)  # into the trial's first epoch
             cluster.remove_node(victim, allow_graceful=False)
             summary, err = proc.communicate(timeout=240)
         finally:

@@ -137,7 +137,7 @@ def lost_node(message: str) -> str | None:
     worker first (its connection closed) and the node's death only after its missed heartbeats (about 15 s),
     so a node whose raylet no longer accepts connections counts as dead too."""
     import ray
-    from ray._private import state
+    from ray._private import state  # the actor table, straight from GCS (ray.util.state needs the dashboard)
 
     said = _DEAD_NODE.search(message)
     if said:
