@@ -267,7 +267,7 @@ def test_bnas_by_ucb_searches(tmp_path):
     _assert_searched(next(tmp_path.iterdir()), warmup=1, sampled=sum(range(2, 9)))
 
 
-@pytest.mark.parametrize("strategy", ["bnas", pytest.param("abandit", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("strategy", ["bnas", "abandit"])
 def test_kill_9_mid_search_resumes_to_the_same_journal_and_genotype(tmp_path, tmp_path_factory, strategy):
     """Killed after its first checkpoint (bnas: the warm-up's), resumed: the journal and the genotype are those
     of an unbroken run with the same seed."""
