@@ -218,7 +218,6 @@ def _fast(monkeypatch) -> list:
 
 
 def test_runtime_batch_and_threads_reach_the_measurement_and_are_recorded(tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime")
     asked = _fast(monkeypatch)
     runs = []  # what the ONNX Runtime runner was handed: the batch of the input, the threads of the protocol
     real_runner = lat.RUNNERS["onnxruntime"]

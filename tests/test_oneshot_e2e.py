@@ -81,7 +81,8 @@ def _killed_run(name: str, out: Path, *, after_steps: int) -> Path:
                 break
             time.sleep(0.01)
     finally:
-        os.kill(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert run is not None, f"the search never journaled {after_steps} checkpoints (exit code {proc.returncode})"
     return run
