@@ -119,18 +119,19 @@ def test_the_ray_instance_a_search_started_is_gone_when_its_driver_ends(tmp_path
     """`exit` runs the documented search on local workers; the others a toy search with sleeping trials, ended
     mid-trial (or by a strategy that raises at its third ask)."""
     assert f"\n{LOCAL}\n" in (ROOT / "docs" / "distributed.md").read_text()
+    toy = ["search", "toy", "--trials", "3", "--workers", "1", "--seed", "1"]
     if ending == "exit":
         command = shlex.split(LOCAL)
-    else:
+    elif ending == "exception":
         (tmp_path / "boom.py").write_text(BOOM)
-        script = [sys.executable, str(tmp_path / "boom.py")] if ending == "exception" else CLI
-        command = [*script, "search", "toy", "--strategy", "boom" if ending == "exception" else "random",
-                   "--trials", "3", "--workers", "1", "--seed", "1"]
+        command = [sys.executable, str(tmp_path / "boom.py"), *toy, "--strategy", "boom"]
+    else:
+        command = [*CLI, *toy, "--strategy", "random"]
     out = tmp_path / "runs"  # the default --out, under the working folder
-    proc = subprocess.Popen(command, cwd=tmp_path, env={**_venv_path(), "PYTHONPATH": str(Path(__file__).parent),
-                                                        "TOY_SLEEP": "0.5"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, which a Ctrl-C at a terminal signals
+    env = {**_venv_path(), "PYTHONPATH": str(Path(__file__).parent),  # toy.py, for boom.py and Ray's workers
+           "TOY_SLEEP": "0.5" if ending in ("ctrl-c", "kill -9") else "0"}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own process group, as a terminal's Ctrl-C signals
     try:
         wait_for(lambda: _instance(proc.pid), seconds=60, what="the watcher")
         token, folder = _instance(proc.pid)
