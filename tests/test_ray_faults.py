@@ -39,6 +39,7 @@ sys.exit(main(sys.argv[1:]))
 LOCAL = "nasplat search nasbench201 --strategy random --trials 6 --workers 2"
 RECIPE = """\
 export RAY_AUTH_MODE=token
+ray get-auth-token --generate
 ray start --head --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 8265 --num-cpus 1
 ray start --address 127.0.0.1:6379 --num-cpus 1
 ray start --address 127.0.0.1:6379 --num-cpus 1
@@ -157,7 +158,8 @@ def test_the_ray_instance_a_search_started_is_gone_when_its_driver_ends(tmp_path
 
 def test_the_cluster_recipe_runs_as_written(tmp_path):
     """Three nodes on this machine, in a PID and network namespace of their own: `ray stop` then stops
-    those alone, and the fixed ports clash with nothing."""
+    those alone, and the fixed ports clash with nothing. HOME is the test's folder, as on a machine where
+    Ray never ran: the recipe makes its own token."""
     assert RECIPE in (ROOT / "docs" / "distributed.md").read_text()
     if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--net", "true"],
                       capture_output=True).returncode != 0:
@@ -167,7 +169,7 @@ def test_the_cluster_recipe_runs_as_written(tmp_path):
     script.write_text(f"set -ex\nip link set lo up\ncd {tmp_path}\n{RECIPE}")
     try:
         done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--net", "bash", str(script)],
-                              env={**_venv_path(), "RAY_TMPDIR": ray_tmp},
+                              env={**_venv_path(), "RAY_TMPDIR": ray_tmp, "HOME": str(tmp_path)},  # a new token
                               capture_output=True, text=True, timeout=300)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
