@@ -33,7 +33,7 @@ EPOCH = "nasplat_epoch"  # the epoch a report closes; ASHA's time attribute
 METRICS = "nasplat_metrics"  # that epoch's metrics (JSON)
 RESULT = "nasplat_result"  # the trial's Result (JSON); only the last report has it
 WEIGHTS = "nasplat_weights"  # the trained state_dict (torch.save bytes) of a trial that may be the best
-ROLL_CALL_SECONDS = 30.0  # the longest a worker's first result waits for the other workers to start
+ROLL_CALL_SECONDS = 30.0  # the longest a worker's first result waits for another worker to start
 ROLL_CALL = "nasplat-roll-call"  # Ray's key-value namespace where each worker of a search signs in
 # how often a waiting worker counts the sign-ins: soon at first (two workers start within a second), then
 # every half second (64 workers polling every 20 ms kept the GCS and the cores busy while the others started)
@@ -99,15 +99,20 @@ def sign_in(job: Job) -> bool:
 
 
 def wait_for_workers(job: Job) -> None:
-    """Holds a worker's first result until all `job.workers` have started a trial (ROLL_CALL_SECONDS at most).
-    Tune gives a finished trial's actor to the next pending trial, cancelling the start of that trial's own
-    actor: trials that finish before the other workers are up would all run on the first one, while Tune
-    requests and cancels another actor at every trial."""
+    """Holds a worker's first result until all `job.workers` have started a trial, or until none has signed in
+    for ROLL_CALL_SECONDS (workers that cannot start). Tune gives a finished trial's actor to the next pending
+    trial, cancelling the start of that trial's own actor: trials that finish before the other workers are up
+    would all run on the first ones, while Tune requests and cancels other actors at every trial (64 workers
+    starting on 2 cores take two minutes; under a fixed 30 s hold, fewer than half of them ever ran a trial)."""
     from ray.experimental.internal_kv import _internal_kv_list
 
+    signed, pause = 0, ROLL_CALL_FIRST_PAUSE
     deadline = time.monotonic() + ROLL_CALL_SECONDS
-    pause = ROLL_CALL_FIRST_PAUSE
-    while len(_internal_kv_list(f"{job.key}:", namespace=ROLL_CALL)) < job.workers and time.monotonic() < deadline:
+    while (count := len(_internal_kv_list(f"{job.key}:", namespace=ROLL_CALL))) < job.workers:
+        if count > signed:
+            signed, deadline = count, time.monotonic() + ROLL_CALL_SECONDS
+        elif time.monotonic() >= deadline:
+            return
         time.sleep(pause)
         pause = min(2 * pause, ROLL_CALL_LAST_PAUSE)
 
