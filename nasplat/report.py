@@ -136,12 +136,15 @@ def _summary(run: _Run) -> str:
         lines += ["", "## Supernet", "",
                   f"{len(supernet)} checkpointed steps (epochs, rounds or sampled paths; see journal.jsonl), then "
                   f"derived: `{derived.get('genotype', '?')}`"]
-    lines += [
-        "", "## Use it", "",
-        f"    nasplat export {run.path} --format json,torchscript,onnx --out DIR",
-        f"    nasplat retrain {run.path} --epochs N",
-        "",
-    ]
+    from .export import FILES
+
+    # a run answered from a table trained nothing: its bundle has an architecture and no weights
+    trained = (run.path / "best" / FILES["weights"]).exists()
+    lines += ["", "## Use it", "",
+              *([f"    nasplat export {run.path} --format json,torchscript,onnx --out DIR",
+                 f"    nasplat retrain {run.path} --epochs N"] if trained else
+                [f"    nasplat export {run.path} --target --out DIR   # the untrained network, to train in full"]),
+              ""]
     retrain = run.last("retrain")
     if retrain is not None:
         accuracy = retrain.get("metrics", {}).get("accuracy")

@@ -12,6 +12,7 @@ from nasplat.registry import TASKS, register_strategy
 from nasplat.run import RunDir, read_journal
 from nasplat.runner import local
 from nasplat.runner.budget import SimulatedClock
+from nasplat.cli import main
 from nasplat.search_spaces.nasbench201 import NasBench201Space
 from nasplat.strategy import Result, Strategy, Trial
 
@@ -120,6 +121,11 @@ def test_report_of_a_tabular_run(tmp_path):
     summary = (outcome.run.report / "summary.md").read_text()
     assert CELLS[0] in summary and "valid_acc_200ep" not in summary  # the summary ranks by what was searched
     assert isinstance(outcome.best, tuple) and outcome.best[0].id == 0
+    # what the summary says to run next works on a run that trained nothing
+    (suggested,) = [line.split("#")[0].split() for line in summary.splitlines() if "nasplat export" in line]
+    assert "retrain" not in summary and "--target" in suggested
+    out = tmp_path / "model"
+    assert main([*suggested[1:-1], str(out)]) == 0 and (out / "model.onnx").exists()
 
 
 def test_constraints_are_measured_before_the_lookup(tmp_path):
