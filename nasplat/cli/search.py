@@ -51,7 +51,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--trials", type=positive_int,
                    help=f"evaluated trials (default {DEFAULT_TRIALS}; under --budget, as many as it allows)")
     s.add_argument("--epochs", type=positive_int, help="epochs per trial (default: the task's)")
-    s.add_argument("--timeout", help="no new trial after this long, e.g. 10min")
+    s.add_argument("--timeout", help="no new trial after this long, e.g. 10min; a --resume gets the time its run had left")
     s.add_argument("--budget", help="simulated time a tabular task may charge, e.g. 12000s; the query that "
                                     "would cross it is not made")
     s.add_argument("--task", help="proxy task (default: the space's; `nasplat list` shows them)")
