@@ -29,7 +29,7 @@ from ..tasks.base import TabularTask
 from .components import Components, build_components
 from .driver import Driver, SearchOutcome
 from .ray_cluster import RaySession, environment, ray_session
-from .ray_trial import EPOCH, LookupJob, forget_roll_call, run_trial, search_job
+from .ray_trial import EPOCH, LookupJob, ShippedJob, forget_roll_call, run_trial, search_job
 
 if TYPE_CHECKING:
     from ..tasks.base import Task
@@ -82,7 +82,7 @@ def run_search_ray(run: RunDir, *, resume: bool = False, console: Console | None
     searcher = StrategySearcher(driver, events, lookups=isinstance(job, LookupJob))
     scheduler = ASHAScheduler(time_attr=EPOCH, metric=comp.strategy.metric, mode="max", max_t=comp.epochs) \
         if config.scheduler == "asha" else None
-    trainable = tune.with_resources(tune.with_parameters(run_trial, job=job),
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job=ShippedJob(job)),
                                     {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     scratch = tempfile.mkdtemp(prefix="nasplat-tune-")
     tuner = tune.Tuner(
