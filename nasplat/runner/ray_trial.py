@@ -72,6 +72,7 @@ class LookupJob:
 
 Job = TrialJob | LookupJob
 _JOBS: dict[str, Job] = {}  # on a worker: the jobs of the searches it ran a trial of, by key
+_SIGNED: set[str] = set()  # keys of the searches this worker has signed in for
 
 
 class ShippedJob:
@@ -80,26 +81,28 @@ class ShippedJob:
     Tune fetches and unpickles the parameters anew for every trial; this one unpickles to the job the worker
     kept from its first trial of the search, by key, and the job itself is unpickled once per worker. (At 64
     workers, unpickling NAS-Bench-201's table at every trial was 40% of a worker's time: 35 ms, against 3 ms
-    to copy the bytes.) The kept job's caches (data loaded, images resized) serve all the worker's trials."""
+    to copy its pickle's bytes, and none to map them.) The kept job's caches (data loaded, images resized)
+    serve all the worker's trials."""
 
     def __init__(self, job: Job):
+        import numpy as np
         from ray import cloudpickle  # as Ray pickles: a task defined in the driver's script goes by value
 
         self.key = job.key
-        self.payload = cloudpickle.dumps(job)
+        # an array rather than bytes: Ray hands an array over without copying it (a pickle-5 buffer)
+        self.payload = np.frombuffer(cloudpickle.dumps(job), dtype=np.uint8)
 
-    def __reduce__(self) -> tuple[Any, tuple[str, bytes]]:
+    def __reduce__(self) -> tuple[Any, tuple[str, Any]]:
         return _kept_job, (self.key, self.payload)
 
 
-def _kept_job(key: str, payload: bytes) -> Job:
+def _kept_job(key: str, payload: Any) -> Job:
     """The job of `key` this process kept, else the job in `payload`, kept from now on."""
     from ray import cloudpickle
 
     if key not in _JOBS:
         _JOBS[key] = cloudpickle.loads(payload)
     return _JOBS[key]
-_SIGNED: set[str] = set()  # keys of the searches this worker has signed in for
 
 
 def search_job(key: str, *, space: SearchSpace, task: Task | TabularTask, constraints: Sequence[Constraint],
