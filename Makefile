@@ -41,6 +41,7 @@ bench-nb201: install
 bench-ray: install
 	$(PY) bench/ray_dispatch.py
 	$(PY) bench/ray_speedup.py
+	$(PY) bench/ray_scale.py
 
 bench-oneshot: install
 	$(PY) bench/supernet_step.py
