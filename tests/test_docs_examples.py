@@ -19,7 +19,7 @@ def test_nsga2_searches_an_accuracy_latency_front_on_a_device_table(tmp_path: Pa
                  "--seed", "1", "--out", str(tmp_path)])
     assert code == 0
     run = _only_run(tmp_path)
-    assert json.loads((run / "config.json").read_text())["sampler"] == "nsga2"
+    assert json.loads((run / "config.json").read_text())["strategy_options"]["sampler"] == "nsga2"
     front = json.loads((run / "report" / "pareto" / "front.json").read_text())
     assert front["objectives"] == ["accuracy", "latency"]
     points = [(m["accuracy"], m["latency"]) for m in (entry["metrics"] for entry in front["front"])]
