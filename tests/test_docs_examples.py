@@ -22,12 +22,12 @@ def test_nsga2_searches_an_accuracy_latency_front_on_a_device_table(tmp_path: Pa
     assert json.loads((run / "config.json").read_text())["strategy_options"]["sampler"] == "nsga2"
     front = json.loads((run / "report" / "pareto" / "front.json").read_text())
     assert front["objectives"] == ["accuracy", "latency"]
-    points = [(m["accuracy"], m["latency"]) for m in (entry["metrics"] for entry in front["front"])]
+    points = [(entry["accuracy"], entry["latency"]) for entry in front["front"]]
     assert len(points) >= 2
     for a in points:  # no point of the front is dominated by another
         assert not any(b != a and b[0] >= a[0] and b[1] <= a[1] for b in points)
     results = [e for e in read_journal(run / "journal.jsonl") if e.get("event") == "result"]
-    assert all("latency" in e["result"]["metrics"] for e in results if e["result"]["status"] == "ok")
+    assert all("latency" in e["metrics"] for e in results if e["status"] == "ok")
 
 
 def test_a_multi_trial_strategy_searches_binary_cells(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_a_multi_trial_strategy_searches_binary_cells(tmp_path: Path) -> None:
     assert code == 0
     run = _only_run(tmp_path)
     results = [e for e in read_journal(run / "journal.jsonl") if e.get("event") == "result"]
-    assert [e["result"]["status"] for e in results] == ["ok", "ok"]
+    assert [e["status"] for e in results] == ["ok", "ok"]
     best = json.loads((run / "best" / "arch.json").read_text())
     assert best["arch"]["space"] == "binary-cells"
-    assert best["description"].startswith("Genotype(normal=[(")
+    assert best["describe"].startswith("Genotype(normal=[(")

@@ -79,6 +79,8 @@ def test_results_front_and_best():
 
 def test_report_of_a_run(tmp_path):
     run = _write_run(tmp_path / "run-a", EVENTS)
+    (run / "best").mkdir(exist_ok=True)
+    (run / "best" / "weights.safetensors").touch()  # a trained run: its summary offers export and retrain
     folder = write_report(run)
     assert folder == run / "report"
     for name in ("pareto.png", "progress.png"):
