@@ -265,15 +265,20 @@ def _row(f: dict[str, Any]) -> str:
     files = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(f["sizes"].items()) if v > 10_000)
     steady = (f"{f['steady']:.1f} (**{f['steady'] / CPUS:.0%}**), from {f['up']:.0f} s; driver CPU "
               f"{f['steady_driver_cpu']:.0%}") if "steady" in f else f"never: {f['workers_seen']} of {CPUS} workers up"
-    name = f["strategy"] + "".join(f" {k}={v}" for k, v in f["options"].items())
+    name = _label(f)
     return (f"| {name} | {steady} | {f['end_to_end']:.1f} ({f['end_to_end'] / CPUS:.0%}) in "
             f"{f['wall']:.0f} s; driver CPU {f['driver_cpu']:.0%} | {' / '.join(f'{q:.0f}' for q in f['quarters'])} | "
             f"{f['machine_busy']:.0%} | {files} | {parts} | {f['load']:.1f} |")
 
 
+def _label(f: dict[str, Any]) -> str:
+    """A strategy's row name: its name and the options it ran with."""
+    return f["strategy"] + "".join(f" {k}={v}" for k, v in f["options"].items())
+
+
 def _verdict(f: dict[str, Any]) -> str:
     """One line on the goal for a strategy's figures."""
-    name = f["strategy"] + "".join(f" {k}={v}" for k, v in f["options"].items())
+    name = _label(f)
     if "steady" not in f:
         return (f"- {name}: never had all {CPUS} workers running: {f['trials']} trials in {f['wall']:.0f} s, on "
                 f"{f['workers_seen']} worker processes.")
